@@ -1,0 +1,39 @@
+# Partita — every command a developer or CI needs. `make install` sets up everything from scratch.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUF := node_modules/.bin/buf
+PROTOS := $(wildcard protos/partita/v1/*.proto)
+LISTEN ?= 127.0.0.1:50051
+DATABASE ?= sqlite:///partita.db
+
+.PHONY: install generate run test lint bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	npm install --no-audit --no-fund --silent
+
+generate:
+	rm -rf generated/partita
+	mkdir -p generated
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tools.generate_protos generated
+
+run:
+	$(BIN)/python -m server --listen $(LISTEN) --database $(DATABASE)
+
+test:
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy server storage tests tools bench
+	cd protos && ../$(BUF) lint
+
+bench:
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) node_modules build *.egg-info
