@@ -1,0 +1,13 @@
+"""WorkflowService: the transport side; logic lives in the domain and storage."""
+
+from __future__ import annotations
+
+from partita.v1 import workflow_pb2_grpc
+from server.api.context import ServiceContext
+from server.api.pending import with_pending_rpcs
+
+
+@with_pending_rpcs("partita.v1.WorkflowService")
+class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
+    def __init__(self, context: ServiceContext) -> None:
+        self.context = context
