@@ -19,6 +19,7 @@ import peewee
 
 from storage import migrations
 from storage.database import connect, is_sqlite_url
+from storage.models import bind_models
 
 T = TypeVar("T")
 
@@ -31,6 +32,7 @@ class Store:
     def __init__(self, url: str, *, read_threads: int = 4, write_threads: int | None = None) -> None:
         self.url = url
         self.db: peewee.Database = connect(url)
+        bind_models(self.db)
         self.is_sqlite = is_sqlite_url(url)
         writers = write_threads if write_threads is not None else (1 if self.is_sqlite else 4)
         self._readers = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="db-read")

@@ -1,13 +1,167 @@
-"""WorkflowService: the transport side; logic lives in the domain and storage."""
+"""WorkflowService: register, read and list workflows."""
 
 from __future__ import annotations
 
-from partita.v1 import workflow_pb2_grpc
+import grpc
+
+from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
+from server.api import convert
 from server.api.context import ServiceContext
+from server.api.idempotency import once
+from server.api.pagination import PageToken, decode_page_token, page_size, query_fingerprint
 from server.api.pending import with_pending_rpcs
+from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ViolationCollector
+from server.domain.partitions import DynamicSpec, PartitionSpec, is_partitioning_change
+from server.domain.retry import retry_policy_violations
+from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_violations
+from storage import dynamic_partitions, workflows
+from storage.models import micros
+
+
+def _kind(spec: PartitionSpec | None) -> str:
+    if spec is None:
+        return ""
+    return {"TimeWindowSpec": "time_window", "StaticSpec": "static", "DynamicSpec": "dynamic"}[type(spec).__name__]
+
+
+def _validated_assets(workflow: workflow_pb2.Workflow) -> list[ProducedAsset]:
+    """Parses every produced asset's partitioning; raises one error naming every bad field."""
+    collector = ViolationCollector()
+    produced = []
+    for index, declaration in enumerate(workflow.produces):
+        spec = None
+        if declaration.HasField("partitioning"):
+            try:
+                spec = convert.partition_spec(declaration.partitioning, f"workflow.produces[{index}].partitioning")
+            except InvalidArgument as error:
+                collector.extend(error)
+        produced.append(ProducedAsset(declaration.asset_id, spec))
+    shape = WorkflowShape(
+        slug=workflow.slug,
+        produces=produced,
+        consumes=[dependency.asset_id for dependency in workflow.consumes],
+        max_concurrent_runs=workflow.max_concurrent_runs,
+    )
+    collector.violations.extend(workflow_violations(shape))
+    if workflow.HasField("retry_policy"):
+        policy = workflow.retry_policy
+        collector.violations.extend(
+            retry_policy_violations(
+                "workflow.retry_policy",
+                policy.max_attempts,
+                convert.duration_or_none(policy, "initial_backoff"),
+                policy.backoff_coefficient,
+                convert.duration_or_none(policy, "maximum_backoff"),
+            )
+        )
+    timeout = convert.duration_or_none(workflow, "execution_timeout")
+    if timeout is not None and timeout.total_seconds() < 0:
+        collector.add("workflow.execution_timeout", "must not be negative")
+    collector.raise_if_any("invalid workflow")
+    return produced
+
+
+def stored_workflow(row: workflows.Workflow) -> workflow_pb2.Workflow:
+    workflow = workflow_pb2.Workflow()
+    convert.from_json(row.definition, workflow)
+    workflow.create_time.CopyFrom(convert.timestamp(row.create_time))
+    workflow.update_time.CopyFrom(convert.timestamp(row.update_time))
+    return workflow
+
+
+def stored_spec(asset: workflows.AssetRow) -> PartitionSpec | None:
+    if not asset.partitioning:
+        return None
+    definition = partitions_pb2.PartitionsDefinition()
+    convert.from_json(asset.partitioning, definition)
+    return convert.partition_spec(definition, "partitioning")
 
 
 @with_pending_rpcs("partita.v1.WorkflowService")
 class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
+
+    async def RegisterWorkflow(
+        self, request: workflow_pb2.RegisterWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> workflow_pb2.RegisterWorkflowResponse:
+        if not request.HasField("workflow"):
+            raise InvalidArgument.for_field("workflow", "is required")
+        workflow = request.workflow
+        produced = _validated_assets(workflow)
+        definition = workflow_pb2.Workflow()
+        definition.CopyFrom(workflow)
+        definition.ClearField("create_time")
+        definition.ClearField("update_time")
+        definition_json = convert.to_json(definition)
+        now = micros(self.context.clock.now())
+
+        def register() -> workflow_pb2.RegisterWorkflowResponse:
+            owners = workflows.assets_by_id([asset.asset_id for asset in produced])
+            rows = []
+            for index, (declaration, asset) in enumerate(zip(workflow.produces, produced, strict=True)):
+                owner = owners.get(asset.asset_id)
+                if owner is not None and owner.workflow_slug != workflow.slug:
+                    raise AlreadyExists(
+                        f"asset {asset.asset_id!r} is already produced by workflow {owner.workflow_slug!r}; "
+                        "an asset has exactly one producing workflow",
+                        reason="ASSET_ALREADY_PRODUCED",
+                        metadata={"asset_id": asset.asset_id, "workflow_slug": owner.workflow_slug},
+                        violations=[],
+                    )
+                if owner is not None and not request.allow_partitioning_change:
+                    old_spec = stored_spec(owner)
+                    changed = (old_spec is None) != (asset.spec is None) or (
+                        old_spec is not None and asset.spec is not None and is_partitioning_change(old_spec, asset.spec)
+                    )
+                    if changed and workflows.asset_has_history(asset.asset_id, workflow.slug):
+                        raise FailedPrecondition(
+                            f"workflow.produces[{index}].partitioning changes the partitioning of asset "
+                            f"{asset.asset_id!r}, which has runs; set allow_partitioning_change to do it anyway",
+                            reason="PARTITIONING_CHANGE",
+                            metadata={"asset_id": asset.asset_id},
+                        )
+                rows.append(
+                    workflows.AssetRow(
+                        asset_id=asset.asset_id,
+                        workflow_slug=workflow.slug,
+                        description=declaration.description,
+                        partitioning=convert.to_json(declaration.partitioning) if asset.spec is not None else "",
+                        partition_kind=_kind(asset.spec),
+                    )
+                )
+                if isinstance(asset.spec, DynamicSpec):
+                    dynamic_partitions.seed(asset.asset_id, asset.spec.initial_keys, now)
+            row = workflows.save_workflow(workflow.slug, workflow.description, definition_json, rows, now)
+            return workflow_pb2.RegisterWorkflowResponse(workflow=stored_workflow(row))
+
+        return await once(self.context, "RegisterWorkflow", request, workflow_pb2.RegisterWorkflowResponse, register)
+
+    async def GetWorkflow(
+        self, request: workflow_pb2.GetWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> workflow_pb2.GetWorkflowResponse:
+        if not request.slug:
+            raise InvalidArgument.for_field("slug", "is required")
+        row = await self.context.store.read(lambda: workflows.get_workflow(request.slug))
+        if row is None:
+            raise NotFound(f"workflow {request.slug!r} does not exist", metadata={"slug": request.slug[:128]})
+        return workflow_pb2.GetWorkflowResponse(workflow=stored_workflow(row))
+
+    async def ListWorkflows(
+        self, request: workflow_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> workflow_pb2.ListWorkflowsResponse:
+        limit = page_size(request.page_size, self.context.limits)
+        fingerprint = query_fingerprint(request)
+        position = decode_page_token(request.page_token, fingerprint) or {}
+        after = str(position.get("after", ""))
+
+        def read() -> tuple[list[workflows.Workflow], int]:
+            return workflows.list_workflows(after, limit + 1), workflows.count_workflows()
+
+        rows, total = await self.context.store.read(read)
+        response = workflow_pb2.ListWorkflowsResponse(
+            workflows=[stored_workflow(row) for row in rows[:limit]], total_size=total
+        )
+        if len(rows) > limit:
+            response.next_page_token = PageToken({"after": rows[limit - 1].slug}).encode(fingerprint)
+        return response

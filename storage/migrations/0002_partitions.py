@@ -106,6 +106,7 @@ def up(migrator: SchemaMigrator, db: pw.Database) -> None:
     migrator.migrate(
         migrator.add_column("run", "partition_key", key_column),
         migrator.add_column("run", "backfill_id", pw.BigIntegerField(null=True)),
+        migrator.add_column("run", "dedupe_slot", pw.BigIntegerField(default=0)),
         migrator.add_column("materialization", "partition_key", key_column),
         migrator.add_column("materialization", "inputs", pw.TextField(default="[]")),
         migrator.add_column("run_event", "partition_key", key_column),
@@ -119,10 +120,17 @@ def up(migrator: SchemaMigrator, db: pw.Database) -> None:
         migrator.add_index("materialization", ("asset_id", "partition_key", "id"), False),
     )
     in_flight = ", ".join(f"'{state}'" for state in IN_FLIGHT)
+    # Version 1 never deduped, so a workflow may have several runs in flight. The oldest keeps
+    # slot 0 (the slot every new run takes); the others get their own id as slot so the index
+    # can be built without canceling work anyone asked for.
+    db.execute_sql(
+        f"UPDATE run SET dedupe_slot = id WHERE state IN ({in_flight}) AND id NOT IN "
+        f"(SELECT MIN(id) FROM run WHERE state IN ({in_flight}) GROUP BY workflow_slug)"
+    )
     # The same partial index on both engines: inserts use ON CONFLICT DO NOTHING against it,
     # so two replicas can never both enqueue the same slice.
     db.execute_sql(
-        "CREATE UNIQUE INDEX run_in_flight_slice ON run (workflow_slug, partition_key) "
+        "CREATE UNIQUE INDEX run_in_flight_slice ON run (workflow_slug, partition_key, dedupe_slot) "
         f"WHERE state IN ({in_flight})"
     )
     _derive_unpartitioned_state(db)

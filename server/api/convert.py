@@ -1,0 +1,113 @@
+"""Conversions between protobuf messages and domain values, shared by the servicers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from partita.v1 import partitions_pb2, workflow_pb2
+from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.partitions import DynamicSpec, PartitionSpec, StaticSpec, TimeWindowSpec
+from server.domain.retry import RetryPolicy, resolve_retry_policy
+from storage.models import from_micros
+
+
+def prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
+    """The same error with every field path moved under `prefix`."""
+    violations = [FieldViolation(f"{prefix}.{v.field}", v.description) for v in error.violations]
+    message = f"{prefix}.{error.message}" if error.violations else error.message
+    return InvalidArgument(message, reason=error.reason, metadata=error.metadata, violations=violations)
+
+
+def partition_spec(definition: partitions_pb2.PartitionsDefinition, field: str) -> PartitionSpec | None:
+    """The domain spec of a PartitionsDefinition; None when no kind is set (unpartitioned)."""
+    kind = definition.WhichOneof("kind")
+    try:
+        if kind == "time_window":
+            window = definition.time_window
+            schedule_type = ""
+            if window.schedule_type:
+                schedule_type = partitions_pb2.ScheduleType.Name(window.schedule_type).removeprefix(
+                    "SCHEDULE_TYPE_"
+                )
+            return TimeWindowSpec.create(
+                cron_schedule=window.cron_schedule,
+                schedule_type=schedule_type,
+                minute_offset=window.minute_offset,
+                hour_offset=window.hour_offset,
+                day_offset=window.day_offset if window.HasField("day_offset") else None,
+                start=window.start,
+                end=window.end,
+                fmt=window.fmt,
+                timezone=window.timezone,
+                end_offset=window.end_offset,
+            )
+        if kind == "static":
+            return StaticSpec.create(list(definition.static.keys))
+        if kind == "dynamic":
+            dynamic = definition.dynamic
+            return DynamicSpec.create(
+                key_pattern=dynamic.key_pattern, max_keys=dynamic.max_keys, initial_keys=list(dynamic.initial_keys)
+            )
+    except InvalidArgument as error:
+        raise prefixed(error, field) from error
+    return None
+
+
+def duration_or_none(message: Message, name: str) -> timedelta | None:
+    if not message.HasField(name):
+        return None
+    value: Duration = getattr(message, name)
+    return value.ToTimedelta()
+
+
+def retry_policy(policy: workflow_pb2.RetryPolicy | None) -> RetryPolicy:
+    if policy is None:
+        return RetryPolicy()
+    return resolve_retry_policy(
+        policy.max_attempts,
+        duration_or_none(policy, "initial_backoff"),
+        policy.backoff_coefficient,
+        duration_or_none(policy, "maximum_backoff"),
+    )
+
+
+def timestamp(micros: int | None) -> Timestamp | None:
+    if micros is None:
+        return None
+    value = Timestamp()
+    value.FromDatetime(from_micros(micros))
+    return value
+
+
+def instant(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def to_json(message: Message) -> str:
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+
+
+def from_json(text: str, message: Message) -> Message:
+    return json_format.Parse(text, message)
+
+
+def struct_to_dict(value: Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(value)
+
+
+def dict_to_struct(value: dict[str, Any]) -> Struct:
+    result = Struct()
+    result.update(value)
+    return result
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,43 @@
+"""Request-id records: the first answer to a request, replayed for the same request id."""
+
+from __future__ import annotations
+
+import hashlib
+
+import peewee as pw
+
+from server.domain.errors import InvalidArgument
+from storage.models import RequestRecord
+
+
+def lock_request_id(db: pw.Database, method: str, request_id: str) -> None:
+    """On PostgreSQL, serializes transactions that carry the same request id (SQLite has one writer)."""
+    if isinstance(db, pw.PostgresqlDatabase):
+        digest = hashlib.sha256(f"{method}\0{request_id}".encode()).digest()
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest[:8], "big", signed=True),))
+
+
+def recorded_response(method: str, request_id: str, request_hash: str) -> bytes | None:
+    """The first response to this request id, or None; a different request under it is an error."""
+    record = RequestRecord.get_or_none(
+        (RequestRecord.method == method) & (RequestRecord.request_id == request_id)
+    )
+    if record is None:
+        return None
+    if record.request_hash != request_hash:
+        raise InvalidArgument.for_field(
+            "request_id",
+            f"was already used for a different {method} request; use a new request_id",
+            reason="REQUEST_ID_REUSED",
+        )
+    return bytes(record.response)
+
+
+def record_response(method: str, request_id: str, request_hash: str, response: bytes, now_micros: int) -> None:
+    RequestRecord.insert(
+        method=method,
+        request_id=request_id,
+        request_hash=request_hash,
+        response=response,
+        create_time=now_micros,
+    ).execute()
