@@ -26,6 +26,7 @@ class Workflow(BaseModel):
     slug = pw.CharField(max_length=128, primary_key=True)
     description = pw.TextField(default="")
     definition = pw.TextField()
+    max_concurrent_runs = pw.IntegerField(default=0)
     create_time = pw.BigIntegerField()
     update_time = pw.BigIntegerField()
 
@@ -51,6 +52,8 @@ class Run(BaseModel):
     state = pw.CharField(max_length=16)
     attempt = pw.IntegerField(default=0)
     max_attempts = pw.IntegerField(default=3)
+    # JSON {initial_backoff_s, backoff_coefficient, maximum_backoff_s} in force for this run.
+    retry_policy = pw.TextField(default="")
     next_attempt_time = pw.BigIntegerField(null=True)
     trigger_kind = pw.CharField(max_length=16, default="MANUAL")
     trigger_source_id = pw.CharField(max_length=255, default="")

@@ -19,6 +19,7 @@ import peewee
 
 from storage import migrations
 from storage.database import connect, is_sqlite_url
+from storage.events import Outbox
 from storage.models import bind_models
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class Store:
         writers = write_threads if write_threads is not None else (1 if self.is_sqlite else 4)
         self._readers = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="db-read")
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="db-write")
+        self._listeners: list[Callable[[int], None]] = []
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -60,14 +62,28 @@ class Store:
             return self.db.atomic("IMMEDIATE")
         return self.db.atomic()
 
-    def run_write(self, fn: Callable[[], T]) -> T:
-        """Runs `fn` in one write transaction on the calling thread."""
+    def run_write(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, list[int]]:
+        """Runs `fn` in one write transaction on the calling thread; the events it adds to
+        its outbox are appended last, in the same transaction. Returns the result and the
+        committed event sequences."""
         with self.transaction():
-            return fn()
+            outbox = Outbox()
+            result = fn(outbox)
+            outbox.flush(self.db, now_micros)
+        return result, outbox.sequences
 
-    async def write(self, fn: Callable[[], T]) -> T:
-        """Runs `fn` in one write transaction on a writer thread."""
-        return await self._submit(self._writers, functools.partial(self.run_write, fn))
+    async def write(self, fn: Callable[[Outbox], T], now_micros: int) -> T:
+        """Runs `fn` in one write transaction on a writer thread, then wakes the listeners
+        of the events it committed."""
+        result, sequences = await self._submit(self._writers, functools.partial(self.run_write, fn, now_micros))
+        if sequences:
+            for listener in list(self._listeners):
+                listener(sequences[-1])
+        return result
+
+    def add_commit_listener(self, listener: Callable[[int], None]) -> None:
+        """`listener(head_sequence)` runs on the event loop after each write that committed events."""
+        self._listeners.append(listener)
 
     async def read(self, fn: Callable[[], T]) -> T:
         """Runs `fn` in one read transaction (one snapshot) on a reader thread."""

@@ -49,18 +49,31 @@ def asset_has_history(asset_id: str, workflow_slug: str) -> bool:
 
 
 def save_workflow(
-    slug: str, description: str, definition: str, assets: Sequence[AssetRow], now_micros: int
+    slug: str,
+    description: str,
+    definition: str,
+    max_concurrent_runs: int,
+    assets: Sequence[AssetRow],
+    now_micros: int,
 ) -> Workflow:
     """Creates or replaces the workflow row and its asset rows (assets it no longer produces are released)."""
     existing = get_workflow(slug)
     if existing is None:
         Workflow.insert(
-            slug=slug, description=description, definition=definition, create_time=now_micros, update_time=now_micros
+            slug=slug,
+            description=description,
+            definition=definition,
+            max_concurrent_runs=max_concurrent_runs,
+            create_time=now_micros,
+            update_time=now_micros,
         ).execute()
     else:
-        Workflow.update(description=description, definition=definition, update_time=now_micros).where(
-            Workflow.slug == slug
-        ).execute()
+        Workflow.update(
+            description=description,
+            definition=definition,
+            max_concurrent_runs=max_concurrent_runs,
+            update_time=max(now_micros, existing.update_time + 1),
+        ).where(Workflow.slug == slug).execute()
     kept = [asset.asset_id for asset in assets]
     release = Asset.delete().where(Asset.workflow_slug == slug)
     if kept:
@@ -88,3 +101,9 @@ def save_workflow(
 
 def _asset_row(row: Asset) -> AssetRow:
     return AssetRow(row.asset_id, row.workflow_slug, row.description, row.partitioning, row.partition_kind)
+
+
+def concurrency_caps() -> dict[str, int]:
+    """Workflows with a cap on running runs."""
+    query = Workflow.select(Workflow.slug, Workflow.max_concurrent_runs).where(Workflow.max_concurrent_runs > 0)
+    return {row.slug: row.max_concurrent_runs for row in query}

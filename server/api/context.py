@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from server.catalog import Catalog
 from server.clock import Clock
+from server.notify import WorkSignal
 from storage.store import Store
 
 
@@ -14,6 +17,11 @@ class Limits:
 
     default_page_size: int = 100
     max_page_size: int = 1000
+    max_claim_wait: timedelta = timedelta(seconds=60)
+    default_lease_duration: timedelta = timedelta(seconds=60)
+    max_lease_duration: timedelta = timedelta(hours=1)
+    max_report_materializations: int = 1000
+    max_artifacts_per_asset: int = 1000
 
 
 @dataclass(frozen=True)
@@ -21,3 +29,5 @@ class ServiceContext:
     store: Store
     clock: Clock
     limits: Limits = field(default_factory=Limits)
+    catalog: Catalog = field(default_factory=Catalog)
+    work: WorkSignal = field(default_factory=WorkSignal)

@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from server.api.context import ServiceContext
 from server.domain.errors import InvalidArgument
 from storage import requests
+from storage.events import Outbox
 from storage.models import micros
 
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -30,7 +31,7 @@ async def once(
     method: str,
     request: Message,
     response_type: type[ResponseT],
-    operation: Callable[[], ResponseT],
+    operation: Callable[[Outbox], ResponseT],
 ) -> ResponseT:
     """Runs `operation` in a write transaction, at most once per request_id.
 
@@ -40,20 +41,19 @@ async def once(
     request_id: str = getattr(request, "request_id", "")
     if len(request_id) > MAX_REQUEST_ID_LENGTH:
         raise InvalidArgument.for_field("request_id", f"is longer than {MAX_REQUEST_ID_LENGTH} characters")
+    now = micros(context.clock.now())
     if not request_id:
-        return await context.store.write(operation)
+        return await context.store.write(operation, now)
     fingerprint = request_hash(request)
     store = context.store
 
-    def run_once() -> ResponseT:
+    def run_once(outbox: Outbox) -> ResponseT:
         requests.lock_request_id(store.db, method, request_id)
         recorded = requests.recorded_response(method, request_id, fingerprint)
         if recorded is not None:
             return response_type.FromString(recorded)
-        response = operation()
-        requests.record_response(
-            method, request_id, fingerprint, response.SerializeToString(), micros(context.clock.now())
-        )
+        response = operation(outbox)
+        requests.record_response(method, request_id, fingerprint, response.SerializeToString(), now)
         return response
 
-    return await store.write(run_once)
+    return await store.write(run_once, now)

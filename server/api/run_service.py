@@ -1,13 +1,219 @@
-"""RunService: the transport side; logic lives in the domain and storage."""
+"""RunService: enqueue runs per partition key, read them, cancel and retry them."""
 
 from __future__ import annotations
 
-from partita.v1 import run_pb2_grpc
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from partita.v1 import run_pb2, run_pb2_grpc
+from server import keys, lifecycle
+from server.api import convert
 from server.api.context import ServiceContext
+from server.api.idempotency import once
+from server.api.messages import run_message
+from server.api.pagination import PageToken, decode_page_token, page_size, query_fingerprint
 from server.api.pending import with_pending_rpcs
+from server.catalog import WorkflowDefinition
+from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.domain.names import slug_violation
+from server.domain.retry import RetryPolicy
+from storage import events, runs
+from storage.events import Outbox
+from storage.models import micros
+
+MAX_LABELS = 64
+MAX_LABEL_LENGTH = 256
+
+
+def parse_id(value: str, field: str) -> int:
+    """Ids are opaque strings to clients; these are decimal row ids."""
+    if not value:
+        raise InvalidArgument.for_field(field, "is required")
+    if not value.isdigit() or len(value) > 19:
+        raise InvalidArgument.for_field(field, f"{value[:64]!r} is not a valid id")
+    return int(value)
+
+
+def check_labels(labels: dict[str, str], field: str) -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument.for_field(field, f"has {len(labels)} labels; at most {MAX_LABELS} are allowed")
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
+            raise InvalidArgument.for_field(
+                f"{field}[{key[:64]!r}]", f"label keys must be 1–{MAX_LABEL_LENGTH} characters, values at most that"
+            )
+
+
+def require_workflow(context: ServiceContext, slug: str, field: str = "workflow_slug") -> WorkflowDefinition:
+    """Inside a transaction: the workflow's definition, or NOT_FOUND."""
+    definition = context.catalog.workflow(slug)
+    if definition is None:
+        raise NotFound(f"workflow {slug!r} does not exist", metadata={"workflow_slug": slug})
+    return definition
+
+
+def new_run(
+    definition: WorkflowDefinition,
+    partition_key: str,
+    requested: dict[str, Any],
+    labels: dict[str, str],
+    trigger_kind: str,
+    principal: str,
+    source_id: str = "",
+    backfill_id: int | None = None,
+    policy: RetryPolicy | None = None,
+) -> runs.NewRun:
+    effective = {**definition.default_parameters, **requested}
+    retry = policy or definition.retry_policy
+    return runs.NewRun(
+        workflow_slug=definition.slug,
+        partition_key=partition_key,
+        parameters=convert.dumps(effective),
+        requested_parameters=convert.dumps(requested),
+        labels=convert.dumps(labels),
+        max_attempts=retry.max_attempts,
+        retry_policy=lifecycle.retry_policy_json(retry),
+        trigger_kind=trigger_kind,
+        trigger_source_id=source_id,
+        trigger_principal=principal,
+        backfill_id=backfill_id,
+    )
+
+
+def principal_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's identity; the security capability fills it from tokens or certificates."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-partita-principal":
+            return str(value)[:255]
+    return ""
 
 
 @with_pending_rpcs("partita.v1.RunService")
 class RunServicer(run_pb2_grpc.RunServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
+
+    async def EnqueueRun(
+        self, request: run_pb2.EnqueueRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.EnqueueRunResponse:
+        if violation := slug_violation(request.workflow_slug, "workflow_slug"):
+            raise InvalidArgument(f"{violation.field}: {violation.description}", violations=[violation])
+        check_labels(dict(request.labels), "labels")
+        requested = json_format.MessageToDict(request.parameters)
+        labels = dict(request.labels)
+        use_existing = request.on_conflict == run_pb2.CONFLICT_POLICY_USE_EXISTING
+        principal = principal_of(context)
+        now = self.context.clock.now()
+        created = False
+
+        def enqueue(outbox: Outbox) -> run_pb2.EnqueueRunResponse:
+            nonlocal created
+            definition = require_workflow(self.context, request.workflow_slug)
+            positions = keys.resolve_positions(definition, request.partition_key, now)
+            run, created = lifecycle.enqueue_tx(
+                outbox,
+                new_run(definition, request.partition_key, requested, labels, "MANUAL", principal),
+                positions,
+                now,
+                use_existing=use_existing,
+            )
+            return run_pb2.EnqueueRunResponse(run=run_message(run))
+
+        response = await once(self.context, "EnqueueRun", request, run_pb2.EnqueueRunResponse, enqueue)
+        if created:
+            self.context.work.notify()
+        return response
+
+    async def GetRun(self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext) -> run_pb2.GetRunResponse:
+        run_id = parse_id(request.run_id, "run_id")
+        run = await self.context.store.read(lambda: runs.get_run(run_id))
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist", metadata={"run_id": str(run_id)})
+        return run_pb2.GetRunResponse(run=run_message(run))
+
+    async def ListRuns(
+        self, request: run_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.ListRunsResponse:
+        limit = page_size(request.page_size, self.context.limits)
+        fingerprint = query_fingerprint(request)
+        position = decode_page_token(request.page_token, fingerprint) or {}
+        run_filter = runs.RunFilter(
+            workflow_slug=request.workflow_slug,
+            partition_key=request.partition_key or None,
+            states=[run_pb2.RunState.Name(state).removeprefix("RUN_STATE_") for state in request.states],
+            backfill_id=parse_id(request.backfill_id, "backfill_id") if request.backfill_id else None,
+            labels=dict(request.labels),
+        )
+        for index, state in enumerate(request.states):
+            if state == run_pb2.RUN_STATE_UNSPECIFIED:
+                raise InvalidArgument.for_field(f"states[{index}]", "RUN_STATE_UNSPECIFIED is not a state")
+        before = position.get("before")
+        pinned_head = position.get("head")
+
+        def read() -> tuple[list[runs.Run], int, int]:
+            head = events.head_sequence()
+            found = runs.list_runs(run_filter, int(before) if before is not None else None, limit + 1)
+            return found, runs.count_runs(run_filter), head
+
+        found, total, head = await self.context.store.read(read)
+        response = run_pb2.ListRunsResponse(
+            runs=[run_message(run) for run in found[:limit]],
+            total_size=total,
+            head_sequence=int(pinned_head) if pinned_head is not None else head,
+        )
+        if len(found) > limit:
+            response.next_page_token = PageToken({"before": found[limit - 1].id, "head": response.head_sequence}).encode(
+                fingerprint
+            )
+        return response
+
+    async def CancelRun(
+        self, request: run_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.CancelRunResponse:
+        run_id = parse_id(request.run_id, "run_id")
+        now = self.context.clock.now()
+        run = await self.context.store.write(
+            lambda outbox: lifecycle.cancel_tx(outbox, self.context.catalog, run_id, request.reason[:1000], now),
+            micros(now),
+        )
+        return run_pb2.CancelRunResponse(run=run_message(run))
+
+    async def RetryRun(
+        self, request: run_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.RetryRunResponse:
+        run_id = parse_id(request.run_id, "run_id")
+        principal = principal_of(context)
+        now = self.context.clock.now()
+
+        def retry(outbox: Outbox) -> run_pb2.RetryRunResponse:
+            original = runs.get_run(run_id)
+            if original is None:
+                raise NotFound(f"run {run_id} does not exist", metadata={"run_id": str(run_id)})
+            if original.state not in runs.TERMINAL:
+                raise FailedPrecondition(
+                    f"run {run_id} is still {original.state.lower()}; only a finished run can be retried",
+                    reason="RUN_NOT_FINISHED",
+                    metadata={"run_id": str(run_id)},
+                )
+            definition = require_workflow(self.context, original.workflow_slug)
+            positions = keys.resolve_positions(definition, original.partition_key, now, register=False)
+            fresh = new_run(
+                definition,
+                original.partition_key,
+                json.loads(original.requested_parameters or "{}"),
+                json.loads(original.labels or "{}"),
+                "RETRY",
+                principal,
+                source_id=str(original.id),
+                backfill_id=original.backfill_id,
+                policy=lifecycle.policy_of(original),
+            )
+            run, _ = lifecycle.enqueue_tx(outbox, fresh, positions, now, use_existing=False)
+            return run_pb2.RetryRunResponse(run=run_message(run))
+
+        response = await once(self.context, "RetryRun", request, run_pb2.RetryRunResponse, retry)
+        self.context.work.notify()
+        return response

@@ -15,6 +15,7 @@ from server.domain.partitions import DynamicSpec, PartitionSpec, is_partitioning
 from server.domain.retry import retry_policy_violations
 from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_violations
 from storage import dynamic_partitions, workflows
+from storage.events import Outbox
 from storage.models import micros
 
 
@@ -96,7 +97,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         definition_json = convert.to_json(definition)
         now = micros(self.context.clock.now())
 
-        def register() -> workflow_pb2.RegisterWorkflowResponse:
+        def register(outbox: Outbox) -> workflow_pb2.RegisterWorkflowResponse:
             owners = workflows.assets_by_id([asset.asset_id for asset in produced])
             rows = []
             for index, (declaration, asset) in enumerate(zip(workflow.produces, produced, strict=True)):
@@ -132,7 +133,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 )
                 if isinstance(asset.spec, DynamicSpec):
                     dynamic_partitions.seed(asset.asset_id, asset.spec.initial_keys, now)
-            row = workflows.save_workflow(workflow.slug, workflow.description, definition_json, rows, now)
+            row = workflows.save_workflow(
+                workflow.slug, workflow.description, definition_json, workflow.max_concurrent_runs, rows, now
+            )
             return workflow_pb2.RegisterWorkflowResponse(workflow=stored_workflow(row))
 
         return await once(self.context, "RegisterWorkflow", request, workflow_pb2.RegisterWorkflowResponse, register)

@@ -107,6 +107,8 @@ def up(migrator: SchemaMigrator, db: pw.Database) -> None:
         migrator.add_column("run", "partition_key", key_column),
         migrator.add_column("run", "backfill_id", pw.BigIntegerField(null=True)),
         migrator.add_column("run", "dedupe_slot", pw.BigIntegerField(default=0)),
+        migrator.add_column("run", "retry_policy", pw.TextField(default="")),
+        migrator.add_column("workflow", "max_concurrent_runs", pw.IntegerField(default=0)),
         migrator.add_column("materialization", "partition_key", key_column),
         migrator.add_column("materialization", "inputs", pw.TextField(default="[]")),
         migrator.add_column("run_event", "partition_key", key_column),

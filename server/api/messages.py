@@ -1,0 +1,82 @@
+"""Stored rows → protobuf messages, shared by every servicer that returns them."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import json_format
+
+from partita.v1 import asset_pb2, run_pb2
+from server.api import convert
+from storage.models import Materialization, Run, RunEvent
+
+
+def run_message(row: Run) -> run_pb2.Run:
+    run = run_pb2.Run(
+        id=str(row.id),
+        workflow_slug=row.workflow_slug,
+        partition_key=row.partition_key,
+        state=run_pb2.RunState.Value(f"RUN_STATE_{row.state}"),
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        backfill_id=str(row.backfill_id) if row.backfill_id is not None else "",
+        trigger=run_pb2.Trigger(
+            kind=run_pb2.TriggerKind.Value(f"TRIGGER_KIND_{row.trigger_kind}"),
+            source_id=row.trigger_source_id,
+            principal=row.trigger_principal,
+        ),
+        labels=json.loads(row.labels or "{}"),
+        worker_id=row.worker_id,
+        progress=row.progress,
+        progress_message=row.progress_message,
+        error_message=row.error_message,
+        cancel_requested=bool(row.cancel_requested),
+    )
+    json_format.Parse(row.parameters or "{}", run.parameters)
+    json_format.Parse(row.requested_parameters or "{}", run.requested_parameters)
+    for name in ("next_attempt_time", "create_time", "start_time", "end_time", "lease_expire_time"):
+        value = convert.timestamp(getattr(row, name))
+        if value is not None:
+            getattr(run, name).CopyFrom(value)
+    return run
+
+
+def materialization_message(row: Materialization) -> asset_pb2.Materialization:
+    message = asset_pb2.Materialization(
+        id=str(row.id),
+        asset_id=row.asset_id,
+        partition_key=row.partition_key,
+        run_id=str(row.run_id) if row.run_id is not None else "",
+        artifacts=[asset_pb2.Artifact(**artifact) for artifact in json.loads(row.artifacts or "[]")],
+        inputs=[asset_pb2.MaterializationInput(**item) for item in json.loads(row.inputs or "[]")],
+    )
+    json_format.Parse(row.payload or "{}", message.payload)
+    created = convert.timestamp(row.create_time)
+    if created is not None:
+        message.create_time.CopyFrom(created)
+    return message
+
+
+def event_message(row: RunEvent) -> run_pb2.RunEvent:
+    data = json.loads(row.data or "{}")
+    event = run_pb2.RunEvent(
+        sequence=row.sequence,
+        run_id=str(row.run_id) if row.run_id is not None else "",
+        workflow_slug=row.workflow_slug,
+        partition_key=row.partition_key,
+        backfill_id=str(row.backfill_id) if row.backfill_id is not None else "",
+        type=run_pb2.RunEventType.Value(f"RUN_EVENT_TYPE_{row.type}"),
+        state=run_pb2.RunState.Value(f"RUN_STATE_{row.state}") if row.state else run_pb2.RUN_STATE_UNSPECIFIED,
+        attempt=row.attempt,
+        progress=row.progress,
+        message=row.message,
+        asset_id=row.asset_id,
+        materialization_ids=[str(i) for i in json.loads(row.materialization_ids or "[]")],
+    )
+    time = convert.timestamp(row.time)
+    if time is not None:
+        event.time.CopyFrom(time)
+    next_attempt = convert.timestamp(data.get("next_attempt_time"))
+    if next_attempt is not None:
+        event.next_attempt_time.CopyFrom(next_attempt)
+    return event

@@ -1,0 +1,91 @@
+"""Workflow definitions as the server uses them: parsed once, cached by version.
+
+Functions here run inside a store transaction (they read through the models); the cache
+only saves re-parsing the stored definition while its `update_time` is unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from google.protobuf import json_format
+
+from partita.v1 import workflow_pb2
+from server.api import convert
+from server.domain.partitions import PartitionSpec
+from server.domain.retry import RetryPolicy
+from storage import workflows
+from storage.models import Asset, Workflow
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    slug: str
+    message: workflow_pb2.Workflow
+    spec: PartitionSpec | None
+    produced_asset_ids: tuple[str, ...]
+    partitioned_asset_ids: frozenset[str]
+    retry_policy: RetryPolicy
+    default_parameters: dict[str, Any]
+    execution_timeout: timedelta | None
+    max_concurrent_runs: int
+    update_time: int
+
+    @property
+    def partitioned(self) -> bool:
+        return self.spec is not None
+
+    def key_of(self, asset_id: str, run_key: str) -> str:
+        """The key at which a run for `run_key` writes `asset_id` ('' for unpartitioned assets)."""
+        return run_key if asset_id in self.partitioned_asset_ids else ""
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self._cache: dict[str, WorkflowDefinition] = {}
+        self._lock = threading.Lock()
+
+    def workflow(self, slug: str) -> WorkflowDefinition | None:
+        version = Workflow.select(Workflow.update_time).where(Workflow.slug == slug).scalar()
+        if version is None:
+            return None
+        with self._lock:
+            cached = self._cache.get(slug)
+        if cached is not None and cached.update_time == version:
+            return cached
+        row = workflows.get_workflow(slug)
+        if row is None:
+            return None
+        definition = _parse(row)
+        with self._lock:
+            self._cache[slug] = definition
+        return definition
+
+    def producer_of(self, asset_id: str) -> WorkflowDefinition | None:
+        slug = Asset.select(Asset.workflow_slug).where(Asset.asset_id == asset_id).scalar()
+        return self.workflow(slug) if slug is not None else None
+
+
+def _parse(row: Workflow) -> WorkflowDefinition:
+    message = workflow_pb2.Workflow()
+    json_format.Parse(row.definition, message)
+    spec = None
+    for index, declaration in enumerate(message.produces):
+        if declaration.HasField("partitioning"):
+            spec = convert.partition_spec(declaration.partitioning, f"workflow.produces[{index}].partitioning")
+            break
+    return WorkflowDefinition(
+        slug=row.slug,
+        message=message,
+        spec=spec,
+        produced_asset_ids=tuple(declaration.asset_id for declaration in message.produces),
+        partitioned_asset_ids=frozenset(d.asset_id for d in message.produces if d.HasField("partitioning")),
+        retry_policy=convert.retry_policy(message.retry_policy if message.HasField("retry_policy") else None),
+        default_parameters=json_format.MessageToDict(message.default_parameters),
+        execution_timeout=convert.duration_or_none(message, "execution_timeout"),
+        max_concurrent_runs=message.max_concurrent_runs,
+        update_time=row.update_time,
+    )

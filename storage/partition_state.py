@@ -1,0 +1,109 @@
+"""Per-partition state: one row per (asset, key) ever touched, kept in the transaction of
+each run transition, so status reads are page reads and counts are index scans.
+
+Every update is a conditional upsert or a guarded UPDATE (never read-modify-write), so
+concurrent transitions of different runs cannot overwrite each other's facts.
+`rebuild_state()` derives the same table from history; a randomized test compares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from storage import sql
+
+IN_PROGRESS = "IN_PROGRESS"
+MATERIALIZED = "MATERIALIZED"
+FAILED = "FAILED"
+MISSING = "MISSING"
+
+# Status from the facts, for a row whose in-flight run just ended (old column values).
+_SETTLED_STATUS = """CASE
+    WHEN latest_materialization_id IS NULL AND latest_failure_time IS NULL THEN 'MISSING'
+    WHEN latest_materialization_id IS NULL THEN 'FAILED'
+    WHEN latest_failure_time IS NOT NULL AND latest_failure_time > latest_materialization_time THEN 'FAILED'
+    ELSE 'MATERIALIZED' END"""
+
+
+def mark_in_flight(positions: Mapping[str, int], partition_key: str, run_id: int, now: int) -> None:
+    """A run for the slice was queued: the slice of each asset (at its position) is IN_PROGRESS
+    and this is its latest run."""
+    for asset_id, position in positions.items():
+        sql.execute(
+            "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
+            "in_flight_run_id, update_time) VALUES (%s, %s, %s, 'IN_PROGRESS', %s, %s, %s) "
+            "ON CONFLICT (asset_id, partition_key) DO UPDATE SET status = 'IN_PROGRESS', "
+            "latest_run_id = excluded.latest_run_id, in_flight_run_id = excluded.in_flight_run_id, "
+            "position = excluded.position, update_time = excluded.update_time "
+            "WHERE partition_state.latest_run_id IS NULL OR partition_state.latest_run_id <= excluded.latest_run_id",
+            (asset_id, partition_key, position, run_id, run_id, now),
+        )
+
+
+def settle(asset_ids: Sequence[str], partition_key: str, run_id: int, failed: bool, now: int) -> None:
+    """The slice's in-flight run ended without a materialization of it (failed or canceled)."""
+    if not asset_ids:
+        return
+    placeholders = ", ".join(["%s"] * len(asset_ids))
+    status = "'FAILED'" if failed else _SETTLED_STATUS
+    failure_time = "%s" if failed else "latest_failure_time"
+    params: list[object] = [now] if failed else []
+    sql.execute(
+        f"UPDATE partition_state SET in_flight_run_id = NULL, status = {status}, "
+        f"latest_failure_time = {failure_time}, update_time = %s "
+        f"WHERE asset_id IN ({placeholders}) AND partition_key = %s AND in_flight_run_id = %s",
+        (*params, now, *asset_ids, partition_key, run_id),
+    )
+
+
+def record_materialization(
+    asset_id: str, partition_key: str, position: int, materialization_id: int, run_id: int | None, now: int
+) -> None:
+    """A materialization of the slice was recorded; if `run_id` was its in-flight run, that run ended."""
+    sql.execute(
+        "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
+        "latest_materialization_id, latest_materialization_time, update_time) "
+        "VALUES (%s, %s, %s, 'MATERIALIZED', %s, %s, %s, %s) "
+        "ON CONFLICT (asset_id, partition_key) DO UPDATE SET "
+        "in_flight_run_id = CASE WHEN partition_state.in_flight_run_id = %s THEN NULL "
+        "ELSE partition_state.in_flight_run_id END, "
+        "status = CASE WHEN partition_state.in_flight_run_id IS NOT NULL "
+        "AND partition_state.in_flight_run_id <> %s THEN 'IN_PROGRESS' ELSE 'MATERIALIZED' END, "
+        "latest_materialization_id = excluded.latest_materialization_id, "
+        "latest_materialization_time = excluded.latest_materialization_time, "
+        "update_time = excluded.update_time "
+        "WHERE partition_state.latest_materialization_id IS NULL "
+        "OR partition_state.latest_materialization_id < excluded.latest_materialization_id",
+        (asset_id, partition_key, position, run_id, materialization_id, now, now, run_id or -1, run_id or -1),
+    )
+
+
+def rebuild_state() -> None:
+    """Derives the whole table from runs and materializations (runs count for the assets their
+    workflow produces now). The incremental updates above must always agree with it."""
+    sql.execute("DELETE FROM partition_state")
+    sql.execute(
+        "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
+        "in_flight_run_id, latest_materialization_id, latest_materialization_time, latest_failure_time, "
+        "update_time) "
+        "SELECT s.asset_id, s.partition_key, 0, 'MISSING', "
+        "(SELECT MAX(r.id) FROM run r WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = s.partition_key), "
+        "(SELECT MAX(r.id) FROM run r WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = s.partition_key "
+        "  AND r.state IN ('QUEUED', 'RUNNING')), "
+        "(SELECT MAX(m.id) FROM materialization m WHERE m.asset_id = s.asset_id "
+        "  AND m.partition_key = s.partition_key), "
+        "NULL, "
+        "(SELECT MAX(r.end_time) FROM run r WHERE r.workflow_slug = a.workflow_slug "
+        "  AND r.partition_key = s.partition_key AND r.state = 'FAILED'), 0 "
+        "FROM (SELECT a2.asset_id, r2.partition_key FROM run r2 JOIN asset a2 ON a2.workflow_slug = r2.workflow_slug "
+        "      UNION SELECT m2.asset_id, m2.partition_key FROM materialization m2) s "
+        "JOIN asset a ON a.asset_id = s.asset_id"
+    )
+    sql.execute(
+        "UPDATE partition_state SET latest_materialization_time = "
+        "(SELECT m.create_time FROM materialization m WHERE m.id = partition_state.latest_materialization_id)"
+    )
+    sql.execute(
+        f"UPDATE partition_state SET status = CASE WHEN in_flight_run_id IS NOT NULL THEN 'IN_PROGRESS' "
+        f"ELSE {_SETTLED_STATUS} END"
+    )
