@@ -1,0 +1,104 @@
+"""`python -m server --listen HOST:PORT --database URL [--no-migrate] [--log-level LEVEL]`.
+
+Exit codes: 0 after a graceful shutdown, 2 for bad settings or a database schema that is
+behind under `--no-migrate`, 1 for any other failure to start (database unreachable, port
+taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from server.app import (
+    DEFAULT_DATABASE,
+    DEFAULT_LISTEN,
+    DEFAULT_SHUTDOWN_GRACE,
+    Settings,
+    StartupError,
+    parse_listen,
+    serve,
+)
+from server.logging import configure_logging
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _listen(value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return value
+
+
+def _grace(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
+    return seconds
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Runs the Partita gRPC server.")
+    parser.add_argument(
+        "--listen",
+        type=_listen,
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on; port 0 picks a free one (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--database",
+        default=DEFAULT_DATABASE,
+        metavar="URL",
+        help=f"sqlite:///path.db or postgresql://user@host:port/db (default {DEFAULT_DATABASE})",
+    )
+    parser.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="refuse to start (exit 2) instead of upgrading a database whose schema is behind",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="minimum level of the JSON log lines on stderr (default INFO)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_grace,
+        default=DEFAULT_SHUTDOWN_GRACE,
+        metavar="SECONDS",
+        help=f"how long in-flight calls may finish after SIGTERM (default {DEFAULT_SHUTDOWN_GRACE:g})",
+    )
+    args = parser.parse_args(argv)
+    return Settings(
+        listen=args.listen,
+        database_url=args.database,
+        migrate=args.migrate,
+        log_level=args.log_level,
+        shutdown_grace=args.shutdown_grace,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(argv)
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as error:
+        print(error.message, file=sys.stderr, flush=True)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Builds and runs the Partita gRPC server (grpc.aio).
+
+`build_server(store, ...)` assembles a server with the five partita.v1 services, health,
+reflection and the interceptors, ready to bind and start — use it from tests or to embed.
+`serve(settings)` is the whole process lifecycle behind `python -m server`: open (and
+migrate) the database off the event loop, bind, start, print `listening on HOST:PORT`, wait
+for SIGTERM/SIGINT, then drain (health NOT_SERVING, `server.stop(grace)`) and close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import peewee
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.api.context import Limits, ServiceContext
+from server.api.interceptors import server_interceptors
+from server.api.services import add_partita_services
+from server.clock import Clock, SystemClock
+from server.logging import log_event
+from server.metrics import MetricsRegistry
+from storage import migrations
+from storage.database import connect
+from storage.store import SchemaBehind, Store
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE = "sqlite:///partita.db"
+DEFAULT_SHUTDOWN_GRACE = 10.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# Long-lived watch streams and long-poll claims must survive idle periods and middleboxes:
+# the server pings every 30 s (also with no call active) and accepts client pings down to 10 s.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    # Fail loudly when the port is taken instead of silently sharing it with another process.
+    ("grpc.so_reuseport", 0),
+)
+
+logger = logging.getLogger("partita.server")
+
+
+class StartupError(Exception):
+    """The server cannot start; `exit_code` is what the process should exit with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE
+    migrate: bool = True
+    log_level: str = "INFO"
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+
+@dataclass
+class PartitaServer:
+    """A built, not yet started, server and the parts tests or embedders may want."""
+
+    server: Any  # grpc.aio.Server
+    health: Any  # grpc_health.v1.health.aio.HealthServicer
+    context: ServiceContext
+    metrics: MetricsRegistry
+    service_names: tuple[str, ...]
+    ports: list[int] = field(default_factory=list)
+
+    def add_insecure_port(self, address: str) -> int:
+        """Binds `address` (port 0 picks a free one); returns the bound port."""
+        try:
+            port = int(self.server.add_insecure_port(address))
+        except RuntimeError as error:
+            raise StartupError(f"cannot listen on {address}: {error}") from error
+        if port == 0:
+            raise StartupError(f"cannot listen on {address}")
+        self.ports.append(port)
+        return port
+
+    async def start(self) -> None:
+        """Starts serving; health turns SERVING (overall and per service) once the server runs."""
+        names = ("", *self.service_names)
+        for name in names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        for name in names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Health goes NOT_SERVING, new calls are refused, in-flight ones get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_server(
+    store: Store,
+    *,
+    clock: Clock | None = None,
+    limits: Limits | None = None,
+    metrics: MetricsRegistry | None = None,
+    options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
+) -> PartitaServer:
+    """A grpc.aio server with every partita.v1 service, health and reflection. Call inside a loop."""
+    registry = metrics if metrics is not None else MetricsRegistry()
+    context = ServiceContext(store=store, clock=clock or SystemClock(), limits=limits or Limits())
+    server = grpc.aio.server(interceptors=server_interceptors(registry), options=list(options))
+    partita_names = tuple(add_partita_services(server, context))
+    health = grpc_health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*partita_names, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+    )
+    return PartitaServer(server, health, context, registry, partita_names)
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password, for logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable url>"
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Splits HOST:PORT (IPv6 hosts in brackets); raises ValueError when it is not one."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"--listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051 or [::]:0")
+    return host, int(port_text)
+
+
+def _require_current_schema(url: str) -> None:
+    """Raises SchemaBehind when the database needs migrations (checked before opening the store)."""
+    db = connect(url)
+    try:
+        with db.connection_context():
+            version = migrations.current_version(db)
+    finally:
+        db.close()
+    if version < migrations.LATEST_VERSION:
+        raise SchemaBehind(
+            f"the database schema is at version {version}, this server needs version "
+            f"{migrations.LATEST_VERSION}; start without --no-migrate to upgrade it"
+        )
+
+
+async def open_store(settings: Settings) -> Store:
+    """Opens (and unless told otherwise migrates) the database, off the event loop."""
+    try:
+        connect(settings.database_url)  # checks the URL; opens nothing
+    except ValueError as error:
+        raise StartupError(f"partita: invalid --database: {error}", exit_code=2) from error
+    try:
+        if not settings.migrate:
+            await asyncio.to_thread(_require_current_schema, settings.database_url)
+        return await asyncio.to_thread(Store.open, settings.database_url, migrate=settings.migrate)
+    except SchemaBehind as error:
+        raise StartupError(f"partita: {error}", exit_code=2) from error
+    except peewee.DatabaseError as error:
+        raise StartupError(
+            f"partita: cannot open database {redact_url(settings.database_url)}: {error}".rstrip()
+        ) from error
+
+
+def _print_listening(address: str) -> None:
+    sys.stdout.write(f"listening on {address}\n")
+    sys.stdout.flush()
+
+
+async def serve(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[str], None] = _print_listening,
+) -> None:
+    """Runs the server until SIGTERM/SIGINT (or until `stop` is set), then shuts down gracefully.
+
+    Raises StartupError when it cannot start (bad settings, schema behind, port taken).
+    """
+    host, _ = parse_listen(settings.listen)
+    stop_event = stop if stop is not None else asyncio.Event()
+    store = await open_store(settings)
+    try:
+        app = build_server(store, clock=clock)
+        port = app.add_insecure_port(settings.listen)
+        await app.start()
+        address = f"{host}:{port}"
+        log_event(
+            logger,
+            "server started",
+            address=address,
+            database=redact_url(settings.database_url),
+            services=list(app.service_names),
+        )
+        on_listening(address)
+        with _signals_set(stop_event) as received:
+            await stop_event.wait()
+            log_event(
+                logger,
+                "shutting down",
+                signal=received[0] if received else None,
+                grace_seconds=settings.shutdown_grace,
+            )
+            await app.stop(settings.shutdown_grace)
+        log_event(logger, "server stopped")
+    finally:
+        await asyncio.to_thread(store.close)
+
+
+@contextlib.contextmanager
+def _signals_set(event: asyncio.Event) -> Iterator[list[str]]:
+    """While active, SIGTERM and SIGINT set `event`; yields the list of signal names received."""
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+    installed: list[signal.Signals] = []
+
+    def handle(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, handle, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or a platform without it: rely on `stop`
+    try:
+        yield received
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
