@@ -114,8 +114,11 @@ def test_in_flight_index_holds_after_upgrade(db: peewee.Database) -> None:
     # The three in-flight v1 runs of `busy` survive; a new in-flight run of the slice is refused.
     assert sql(db, "SELECT COUNT(*) FROM run WHERE workflow_slug = 'busy' AND state IN ('QUEUED', 'RUNNING')") == [(3,)]
     insert = (
-        "INSERT INTO run (workflow_slug, partition_key, state, create_time, update_time) "
-        "VALUES ('busy', '', 'QUEUED', 1, 1) ON CONFLICT DO NOTHING"
+        "INSERT INTO run (workflow_slug, partition_key, dedupe_slot, parameters, requested_parameters, state, "
+        "attempt, max_attempts, retry_policy, trigger_kind, trigger_source_id, trigger_principal, labels, "
+        "worker_id, lease_id, progress, progress_message, error_message, cancel_requested, create_time, "
+        "update_time) VALUES ('busy', '', 0, '{}', '{}', 'QUEUED', 1, 3, '', 'MANUAL', '', '', '{}', '', '', 0, "
+        "'', '', FALSE, 1, 1) ON CONFLICT DO NOTHING"
     )
     with db.atomic():
         sql(db, insert)
