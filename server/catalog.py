@@ -12,8 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 from google.protobuf import json_format
-
 from partita.v1 import workflow_pb2
+
 from server.api import convert
 from server.domain.partitions import PartitionSpec
 from server.domain.retry import RetryPolicy
@@ -75,7 +75,9 @@ def _parse(row: Workflow) -> WorkflowDefinition:
     spec = None
     for index, declaration in enumerate(message.produces):
         if declaration.HasField("partitioning"):
-            spec = convert.partition_spec(declaration.partitioning, f"workflow.produces[{index}].partitioning")
+            spec = convert.partition_spec(
+                declaration.partitioning, f"workflow.produces[{index}].partitioning"
+            )
             break
     return WorkflowDefinition(
         slug=row.slug,

@@ -16,7 +16,12 @@ from storage.models import micros
 
 
 def resolve_positions(
-    definition: WorkflowDefinition, key: str, now: datetime, *, field: str = "partition_key", register: bool = True
+    definition: WorkflowDefinition,
+    key: str,
+    now: datetime,
+    *,
+    field: str = "partition_key",
+    register: bool = True,
 ) -> dict[str, int]:
     """Position of `key` in each partitioned asset the workflow produces (unpartitioned workflow: every
     asset at key '' with position 0). Raises InvalidArgument when the key does not belong."""
@@ -49,10 +54,13 @@ def resolve_positions(
             )
         if not register or not spec.accepts_on_first_use(key):
             expectation = (
-                f"matching {spec.key_pattern!r}" if spec.key_pattern else "added with AddDynamicPartitions first"
+                f"matching {spec.key_pattern!r}"
+                if spec.key_pattern
+                else "added with AddDynamicPartitions first"
             )
             raise InvalidArgument.for_field(
-                field, f"{key!r} is not a registered key of dynamic asset {asset_id!r}; expected a key {expectation}"
+                field,
+                f"{key!r} is not a registered key of dynamic asset {asset_id!r}; expected a key {expectation}",
             )
         if spec.max_keys and dynamic_partitions.live_count(asset_id) >= spec.max_keys:
             raise ResourceExhausted(

@@ -107,7 +107,9 @@ def enqueue_tx(
         existing = runs.in_flight_run(new_run.workflow_slug, new_run.partition_key)
         if existing is None:  # it ended between our insert and this read
             raise AlreadyExists(
-                "a run for this slice was in flight; try again", reason="RUN_IN_FLIGHT", metadata={"run_id": ""}
+                "a run for this slice was in flight; try again",
+                reason="RUN_IN_FLIGHT",
+                metadata={"run_id": ""},
             )
         if use_existing:
             return existing, False
@@ -156,8 +158,14 @@ def _caps_for(workflow_slugs: Sequence[str]) -> dict[str, int]:
 def release_claim_tx(outbox: Outbox, run_id: int, lease_id: str, now: datetime) -> None:
     """Puts back a run claimed for a caller that went away before it got the answer."""
     released = (
-        Run.update(state=runs.QUEUED, lease_id="", lease_expire_time=None, worker_id="", start_time=None,
-                   update_time=micros(now))
+        Run.update(
+            state=runs.QUEUED,
+            lease_id="",
+            lease_expire_time=None,
+            worker_id="",
+            start_time=None,
+            update_time=micros(now),
+        )
         .where((Run.id == run_id) & (Run.lease_id == lease_id) & (Run.state == runs.RUNNING))
         .execute()
     )
@@ -180,7 +188,9 @@ def leased_run(run_id: int, lease_id: str, now: datetime) -> Run:
             reason="LEASE_MISMATCH",
             metadata={"run_id": str(run_id)},
         )
-    if run.state != runs.RUNNING or (run.lease_expire_time is not None and run.lease_expire_time < micros(now)):
+    if run.state != runs.RUNNING or (
+        run.lease_expire_time is not None and run.lease_expire_time < micros(now)
+    ):
         raise FailedPrecondition(
             f"the lease on run {run_id} has lapsed; the attempt no longer belongs to this worker",
             reason="LEASE_EXPIRED",
@@ -228,7 +238,9 @@ def fail_attempt_tx(
             outbox.add(
                 run_event(updated, "RETRY_SCHEDULED", runs.QUEUED, error_message, next_attempt_time=next_time)
             )
-            log_transition(updated, runs.QUEUED, f"run {run.id} attempt {run.attempt} failed; retry scheduled")
+            log_transition(
+                updated, runs.QUEUED, f"run {run.id} attempt {run.attempt} failed; retry scheduled"
+            )
             return updated
     return _end(outbox, catalog, run, runs.FAILED, error_message, now_us, (runs.RUNNING,))
 
@@ -266,7 +278,9 @@ def _end(
     ended = runs.get_run(run.id)
     assert ended is not None
     definition = catalog.workflow(run.workflow_slug)
-    partition_state.settle(state_assets(definition, run), run.partition_key, run.id, state == runs.FAILED, now_us)
+    partition_state.settle(
+        state_assets(definition, run), run.partition_key, run.id, state == runs.FAILED, now_us
+    )
     outbox.add(run_event(ended, state, state, message))
     log_transition(ended, state, f"run {run.id} {state.lower()}: {message}" if message else "")
     return ended
@@ -284,7 +298,9 @@ def succeed_tx(outbox: Outbox, run: Run, now: datetime) -> Run:
     return ended
 
 
-def settle_unmaterialized_tx(definition: WorkflowDefinition, run: Run, materialized: set[str], now: datetime) -> None:
+def settle_unmaterialized_tx(
+    definition: WorkflowDefinition, run: Run, materialized: set[str], now: datetime
+) -> None:
     """Produced assets the run did not materialize at its own key leave IN_PROGRESS."""
     pending = [asset for asset in state_assets(definition, run) if asset not in materialized]
     partition_state.settle(pending, run.partition_key, run.id, False, micros(now))

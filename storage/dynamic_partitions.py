@@ -31,7 +31,9 @@ def live_count(asset_id: str) -> int:
 
 def register(asset_id: str, partition_key: str, now_micros: int) -> int:
     """Registers a never-seen key (concurrent registrations of one key keep one row); returns its position."""
-    DynamicPartition.insert(asset_id=asset_id, partition_key=partition_key, create_time=now_micros).on_conflict_ignore().execute()
+    DynamicPartition.insert(
+        asset_id=asset_id, partition_key=partition_key, create_time=now_micros
+    ).on_conflict_ignore().execute()
     row = registry_row(asset_id, partition_key)
     assert row is not None
     return int(row.id)

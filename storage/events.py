@@ -90,4 +90,6 @@ def oldest_sequence() -> int:
 
 
 def events_after(after_sequence: int, limit: int) -> list[RunEvent]:
-    return list(RunEvent.select().where(RunEvent.sequence > after_sequence).order_by(RunEvent.sequence).limit(limit))
+    return list(
+        RunEvent.select().where(RunEvent.sequence > after_sequence).order_by(RunEvent.sequence).limit(limit)
+    )

@@ -43,7 +43,9 @@ def latest(asset_id: str, partition_key: str) -> Materialization | None:
     return Materialization.get_or_none(Materialization.id == state.latest_materialization_id)
 
 
-def list_materializations(asset_id: str, partition_key: str | None, before_id: int | None, limit: int) -> list[Materialization]:
+def list_materializations(
+    asset_id: str, partition_key: str | None, before_id: int | None, limit: int
+) -> list[Materialization]:
     query = Materialization.select().where(Materialization.asset_id == asset_id)
     if partition_key is not None:
         query = query.where(Materialization.partition_key == partition_key)

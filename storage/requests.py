@@ -33,7 +33,9 @@ def recorded_response(method: str, request_id: str, request_hash: str) -> bytes 
     return bytes(record.response)
 
 
-def record_response(method: str, request_id: str, request_hash: str, response: bytes, now_micros: int) -> None:
+def record_response(
+    method: str, request_id: str, request_hash: str, response: bytes, now_micros: int
+) -> None:
     RequestRecord.insert(
         method=method,
         request_id=request_id,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,11 @@ def insert_if_no_run_in_flight(new: NewRun, now: int) -> int | None:
 def in_flight_run(workflow_slug: str, partition_key: str) -> Run | None:
     return (
         Run.select()
-        .where((Run.workflow_slug == workflow_slug) & (Run.partition_key == partition_key) & Run.state.in_(IN_FLIGHT))
+        .where(
+            (Run.workflow_slug == workflow_slug)
+            & (Run.partition_key == partition_key)
+            & Run.state.in_(IN_FLIGHT)
+        )
         .order_by(Run.id)
         .first()
     )
@@ -169,16 +173,22 @@ def running_count(workflow_slug: str) -> int:
     return int(Run.select().where((Run.workflow_slug == workflow_slug) & (Run.state == RUNNING)).count())
 
 
-def extend_lease(run_id: int, lease_id: str, lease_expire_time: int, progress: float, message: str, now: int) -> bool:
+def extend_lease(
+    run_id: int, lease_id: str, lease_expire_time: int, progress: float, message: str, now: int
+) -> bool:
     updated = (
-        Run.update(lease_expire_time=lease_expire_time, progress=progress, progress_message=message, update_time=now)
+        Run.update(
+            lease_expire_time=lease_expire_time, progress=progress, progress_message=message, update_time=now
+        )
         .where((Run.id == run_id) & (Run.lease_id == lease_id) & (Run.state == RUNNING))
         .execute()
     )
     return bool(updated)
 
 
-def finish(run_id: int, from_states: Sequence[str], state: str, now: int, error_message: str | None = None) -> bool:
+def finish(
+    run_id: int, from_states: Sequence[str], state: str, now: int, error_message: str | None = None
+) -> bool:
     """Moves the run to a terminal state if it is still in one of `from_states`."""
     values: dict[Any, Any] = {
         Run.state: state,
@@ -195,7 +205,9 @@ def finish(run_id: int, from_states: Sequence[str], state: str, now: int, error_
     return bool(updated)
 
 
-def requeue_for_retry(run_id: int, lease_id: str, next_attempt_time: int, error_message: str, now: int) -> bool:
+def requeue_for_retry(
+    run_id: int, lease_id: str, next_attempt_time: int, error_message: str, now: int
+) -> bool:
     updated = (
         Run.update(
             state=QUEUED,
@@ -235,7 +247,9 @@ def lapsed_runs(now: int, limit: int) -> list[Run]:
 def running_runs_started_before(workflow_slug: str, started_before: int, limit: int) -> list[Run]:
     return list(
         Run.select()
-        .where((Run.workflow_slug == workflow_slug) & (Run.state == RUNNING) & (Run.start_time < started_before))
+        .where(
+            (Run.workflow_slug == workflow_slug) & (Run.state == RUNNING) & (Run.start_time < started_before)
+        )
         .limit(limit)
     )
 

@@ -75,7 +75,9 @@ class Store:
     async def write(self, fn: Callable[[Outbox], T], now_micros: int) -> T:
         """Runs `fn` in one write transaction on a writer thread, then wakes the listeners
         of the events it committed."""
-        result, sequences = await self._submit(self._writers, functools.partial(self.run_write, fn, now_micros))
+        result, sequences = await self._submit(
+            self._writers, functools.partial(self.run_write, fn, now_micros)
+        )
         if sequences:
             for listener in list(self._listeners):
                 listener(sequences[-1])

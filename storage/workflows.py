@@ -37,7 +37,9 @@ def assets_by_id(asset_ids: Sequence[str]) -> dict[str, AssetRow]:
 
 
 def assets_of_workflow(slug: str) -> list[AssetRow]:
-    return [_asset_row(row) for row in Asset.select().where(Asset.workflow_slug == slug).order_by(Asset.asset_id)]
+    return [
+        _asset_row(row) for row in Asset.select().where(Asset.workflow_slug == slug).order_by(Asset.asset_id)
+    ]
 
 
 def asset_has_history(asset_id: str, workflow_slug: str) -> bool:
@@ -105,5 +107,7 @@ def _asset_row(row: Asset) -> AssetRow:
 
 def concurrency_caps() -> dict[str, int]:
     """Workflows with a cap on running runs."""
-    query = Workflow.select(Workflow.slug, Workflow.max_concurrent_runs).where(Workflow.max_concurrent_runs > 0)
+    query = Workflow.select(Workflow.slug, Workflow.max_concurrent_runs).where(
+        Workflow.max_concurrent_runs > 0
+    )
     return {row.slug: row.max_concurrent_runs for row in query}

@@ -11,8 +11,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from partita.v1 import partitions_pb2, workflow_pb2
+
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.partitions import DynamicSpec, PartitionSpec, StaticSpec, TimeWindowSpec
 from server.domain.retry import RetryPolicy, resolve_retry_policy
@@ -54,7 +54,9 @@ def partition_spec(definition: partitions_pb2.PartitionsDefinition, field: str) 
         if kind == "dynamic":
             dynamic = definition.dynamic
             return DynamicSpec.create(
-                key_pattern=dynamic.key_pattern, max_keys=dynamic.max_keys, initial_keys=list(dynamic.initial_keys)
+                key_pattern=dynamic.key_pattern,
+                max_keys=dynamic.max_keys,
+                initial_keys=list(dynamic.initial_keys),
             )
     except InvalidArgument as error:
         raise prefixed(error, field) from error

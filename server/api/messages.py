@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from google.protobuf import json_format
-
 from partita.v1 import asset_pb2, run_pb2
+
 from server.api import convert
 from storage.models import Materialization, Run, RunEvent
 
@@ -66,7 +66,9 @@ def event_message(row: RunEvent) -> run_pb2.RunEvent:
         partition_key=row.partition_key,
         backfill_id=str(row.backfill_id) if row.backfill_id is not None else "",
         type=run_pb2.RunEventType.Value(f"RUN_EVENT_TYPE_{row.type}"),
-        state=run_pb2.RunState.Value(f"RUN_STATE_{row.state}") if row.state else run_pb2.RUN_STATE_UNSPECIFIED,
+        state=run_pb2.RunState.Value(f"RUN_STATE_{row.state}")
+        if row.state
+        else run_pb2.RUN_STATE_UNSPECIFIED,
         attempt=row.attempt,
         progress=row.progress,
         message=row.message,

@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-
 from partita.v1 import run_pb2, run_pb2_grpc
+
 from server import keys, lifecycle
 from server.api import convert
 from server.api.context import ServiceContext
@@ -43,7 +43,8 @@ def check_labels(labels: dict[str, str], field: str) -> None:
     for key, value in labels.items():
         if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
             raise InvalidArgument.for_field(
-                f"{field}[{key[:64]!r}]", f"label keys must be 1–{MAX_LABEL_LENGTH} characters, values at most that"
+                f"{field}[{key[:64]!r}]",
+                f"label keys must be 1–{MAX_LABEL_LENGTH} characters, values at most that",
             )
 
 
@@ -127,7 +128,9 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
             self.context.work.notify()
         return response
 
-    async def GetRun(self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext) -> run_pb2.GetRunResponse:
+    async def GetRun(
+        self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.GetRunResponse:
         run_id = parse_id(request.run_id, "run_id")
         run = await self.context.store.read(lambda: runs.get_run(run_id))
         if run is None:
@@ -165,9 +168,9 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
             head_sequence=int(pinned_head) if pinned_head is not None else head,
         )
         if len(found) > limit:
-            response.next_page_token = PageToken({"before": found[limit - 1].id, "head": response.head_sequence}).encode(
-                fingerprint
-            )
+            response.next_page_token = PageToken(
+                {"before": found[limit - 1].id, "head": response.head_sequence}
+            ).encode(fingerprint)
         return response
 
     async def CancelRun(
@@ -176,7 +179,9 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         run_id = parse_id(request.run_id, "run_id")
         now = self.context.clock.now()
         run = await self.context.store.write(
-            lambda outbox: lifecycle.cancel_tx(outbox, self.context.catalog, run_id, request.reason[:1000], now),
+            lambda outbox: lifecycle.cancel_tx(
+                outbox, self.context.catalog, run_id, request.reason[:1000], now
+            ),
             micros(now),
         )
         return run_pb2.CancelRunResponse(run=run_message(run))

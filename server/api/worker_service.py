@@ -8,20 +8,18 @@ import logging
 from datetime import timedelta
 
 import grpc
-from google.protobuf import json_format
-
 from partita.v1 import asset_pb2, worker_pb2, worker_pb2_grpc
-from server import keys, lifecycle
+
+from server import lifecycle
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.messages import materialization_message, run_message
 from server.api.pending import with_pending_rpcs
 from server.api.run_service import parse_id
-from server.catalog import WorkflowDefinition
 from server.domain.errors import FailedPrecondition, InvalidArgument, ViolationCollector
 from server.domain.names import slug_violation
-from storage import materializations, partition_state
-from storage.events import NewEvent, Outbox
+from server.results import record_materializations, resolve_result_positions, validated_result_assets
+from storage.events import Outbox
 from storage.models import RequestRecord, Run, micros
 
 log = logging.getLogger("partita.workers")
@@ -37,107 +35,6 @@ MAX_WORKER_ID_LENGTH = 255
 
 def _duration(message: object, name: str) -> timedelta | None:
     return convert.duration_or_none(message, name)  # type: ignore[arg-type]
-
-
-def validated_result_assets(
-    definition: WorkflowDefinition, assets: list[asset_pb2.ResultAsset], run_key: str, field: str, max_artifacts: int
-) -> list[tuple[asset_pb2.ResultAsset, str]]:
-    """Each reported asset with the key it lands at; every bad field is named at once."""
-    collector = ViolationCollector()
-    produced = set(definition.produced_asset_ids)
-    seen: set[tuple[str, str]] = set()
-    result = []
-    for index, asset in enumerate(assets):
-        asset_field = f"{field}[{index}]"
-        if asset.asset_id not in produced:
-            collector.add(
-                f"{asset_field}.asset_id",
-                f"{asset.asset_id[:128]!r} is not produced by workflow {definition.slug!r} "
-                f"(it produces {', '.join(sorted(produced)) or 'nothing'})",
-            )
-            continue
-        key = asset.partition_key or definition.key_of(asset.asset_id, run_key)
-        if (asset.asset_id, key) in seen:
-            collector.add(f"{asset_field}.partition_key", f"asset {asset.asset_id!r} key {key!r} is reported twice")
-        seen.add((asset.asset_id, key))
-        if len(asset.artifacts) > max_artifacts:
-            collector.add(f"{asset_field}.artifacts", f"has {len(asset.artifacts)} artifacts; at most {max_artifacts}")
-        for artifact_index, artifact in enumerate(asset.artifacts):
-            artifact_field = f"{asset_field}.artifacts[{artifact_index}]"
-            if not artifact.file_name and not artifact.storage_url:
-                collector.add(artifact_field, "needs a file_name or a storage_url")
-            if artifact.size_bytes < 0:
-                collector.add(f"{artifact_field}.size_bytes", "must not be negative")
-            if len(artifact.file_name) > 1024 or len(artifact.storage_url) > 4096 or len(artifact.content_type) > 255:
-                collector.add(artifact_field, "file_name ≤ 1024, storage_url ≤ 4096, content_type ≤ 255 characters")
-        result.append((asset, key))
-    collector.raise_if_any("invalid result assets")
-    return result
-
-
-def record_materializations(
-    outbox: Outbox,
-    definition: WorkflowDefinition,
-    reported: list[tuple[asset_pb2.ResultAsset, str]],
-    run: Run | None,
-    now_us: int,
-    positions_of: dict[tuple[str, str], int],
-) -> list[materializations.Materialization]:
-    """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events."""
-    recorded = []
-    for asset, key in reported:
-        row = materializations.insert(
-            materializations.NewMaterialization(
-                asset_id=asset.asset_id,
-                partition_key=key,
-                run_id=run.id if run is not None else None,
-                artifacts=convert.dumps(
-                    [json_format.MessageToDict(a, preserving_proto_field_name=True) for a in asset.artifacts]
-                ),
-                payload=json_format.MessageToJson(asset.payload, indent=None),
-            ),
-            now_us,
-        )
-        partition_state.record_materialization(
-            asset.asset_id, key, positions_of[(asset.asset_id, key)], row.id, run.id if run else None, now_us
-        )
-        outbox.add(
-            NewEvent(
-                type="MATERIALIZED",
-                workflow_slug=definition.slug,
-                run_id=run.id if run else None,
-                partition_key=key,
-                backfill_id=run.backfill_id if run else None,
-                state=run.state if run else "",
-                attempt=run.attempt if run else 0,
-                asset_id=asset.asset_id,
-                materialization_ids=[row.id],
-            )
-        )
-        recorded.append(row)
-    return recorded
-
-
-def resolve_result_positions(
-    definition: WorkflowDefinition, reported: list[tuple[asset_pb2.ResultAsset, str]], field: str, now_dt: object
-) -> dict[tuple[str, str], int]:
-    """Positions of every reported (asset, key); a key not valid for its asset is INVALID_ARGUMENT."""
-    positions: dict[tuple[str, str], int] = {}
-    cache: dict[str, dict[str, int]] = {}
-    for index, (asset, key) in enumerate(reported):
-        if asset.asset_id not in definition.partitioned_asset_ids:
-            if key:
-                raise InvalidArgument.for_field(
-                    f"{field}[{index}].partition_key", f"asset {asset.asset_id!r} is not partitioned; omit the key"
-                )
-            positions[(asset.asset_id, key)] = 0
-            continue
-        if key not in cache:
-            cache[key] = keys.resolve_positions(
-                definition, key, now_dt, field=f"{field}[{index}].partition_key", register=False  # type: ignore[arg-type]
-            )
-        positions[(asset.asset_id, key)] = cache[key][asset.asset_id]
-    return positions
 
 
 @with_pending_rpcs("partita.v1.WorkerService")
@@ -248,10 +145,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             reported_assets = list(request.assets) or [
                 asset_pb2.ResultAsset(asset_id=asset_id) for asset_id in definition.produced_asset_ids
             ]
+            fields = [f"assets[{index}]" for index in range(len(reported_assets))]
             reported = validated_result_assets(
-                definition, reported_assets, run.partition_key, "assets", limits.max_artifacts_per_asset
+                definition, reported_assets, run.partition_key, fields, limits.max_artifacts_per_asset
             )
-            positions = resolve_result_positions(definition, reported, "assets", now)
+            positions = resolve_result_positions(definition, reported, fields, now)
             ended = lifecycle.succeed_tx(outbox, run, now)
             recorded = record_materializations(outbox, definition, reported, ended, now_us, positions)
             at_run_key = {row.asset_id for row in recorded if row.partition_key == run.partition_key}

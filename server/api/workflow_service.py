@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import grpc
-
 from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
+
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.idempotency import once
 from server.api.pagination import PageToken, decode_page_token, page_size, query_fingerprint
 from server.api.pending import with_pending_rpcs
-from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ViolationCollector
+from server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ViolationCollector,
+)
 from server.domain.partitions import DynamicSpec, PartitionSpec, is_partitioning_change
 from server.domain.retry import retry_policy_violations
 from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_violations
@@ -22,7 +28,9 @@ from storage.models import micros
 def _kind(spec: PartitionSpec | None) -> str:
     if spec is None:
         return ""
-    return {"TimeWindowSpec": "time_window", "StaticSpec": "static", "DynamicSpec": "dynamic"}[type(spec).__name__]
+    return {"TimeWindowSpec": "time_window", "StaticSpec": "static", "DynamicSpec": "dynamic"}[
+        type(spec).__name__
+    ]
 
 
 def _validated_assets(workflow: workflow_pb2.Workflow) -> list[ProducedAsset]:
@@ -33,7 +41,9 @@ def _validated_assets(workflow: workflow_pb2.Workflow) -> list[ProducedAsset]:
         spec = None
         if declaration.HasField("partitioning"):
             try:
-                spec = convert.partition_spec(declaration.partitioning, f"workflow.produces[{index}].partitioning")
+                spec = convert.partition_spec(
+                    declaration.partitioning, f"workflow.produces[{index}].partitioning"
+                )
             except InvalidArgument as error:
                 collector.extend(error)
         produced.append(ProducedAsset(declaration.asset_id, spec))
@@ -113,7 +123,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 if owner is not None and not request.allow_partitioning_change:
                     old_spec = stored_spec(owner)
                     changed = (old_spec is None) != (asset.spec is None) or (
-                        old_spec is not None and asset.spec is not None and is_partitioning_change(old_spec, asset.spec)
+                        old_spec is not None
+                        and asset.spec is not None
+                        and is_partitioning_change(old_spec, asset.spec)
                     )
                     if changed and workflows.asset_has_history(asset.asset_id, workflow.slug):
                         raise FailedPrecondition(
@@ -127,7 +139,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                         asset_id=asset.asset_id,
                         workflow_slug=workflow.slug,
                         description=declaration.description,
-                        partitioning=convert.to_json(declaration.partitioning) if asset.spec is not None else "",
+                        partitioning=convert.to_json(declaration.partitioning)
+                        if asset.spec is not None
+                        else "",
                         partition_kind=_kind(asset.spec),
                     )
                 )
@@ -138,7 +152,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             )
             return workflow_pb2.RegisterWorkflowResponse(workflow=stored_workflow(row))
 
-        return await once(self.context, "RegisterWorkflow", request, workflow_pb2.RegisterWorkflowResponse, register)
+        return await once(
+            self.context, "RegisterWorkflow", request, workflow_pb2.RegisterWorkflowResponse, register
+        )
 
     async def GetWorkflow(
         self, request: workflow_pb2.GetWorkflowRequest, context: grpc.aio.ServicerContext

@@ -15,7 +15,9 @@ def _check(value: str, field: str, pattern: re.Pattern[str], allowed: str) -> Fi
     if not value:
         return FieldViolation(field, "is required")
     if len(value) > MAX_NAME_LENGTH:
-        return FieldViolation(field, f"is {len(value)} characters long; at most {MAX_NAME_LENGTH} are allowed")
+        return FieldViolation(
+            field, f"is {len(value)} characters long; at most {MAX_NAME_LENGTH} are allowed"
+        )
     if not pattern.fullmatch(value):
         return FieldViolation(
             field, f"{value[:64]!r} must be {allowed}, starting with a lowercase letter or digit"

@@ -39,13 +39,17 @@ def retry_policy_violations(
 ) -> list[FieldViolation]:
     violations = []
     if not 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-        violations.append(FieldViolation(f"{field}.max_attempts", f"must be between 0 and {MAX_ATTEMPTS_LIMIT}"))
+        violations.append(
+            FieldViolation(f"{field}.max_attempts", f"must be between 0 and {MAX_ATTEMPTS_LIMIT}")
+        )
     if initial_backoff is not None and initial_backoff < timedelta(0):
         violations.append(FieldViolation(f"{field}.initial_backoff", "must not be negative"))
     if maximum_backoff is not None and maximum_backoff < timedelta(0):
         violations.append(FieldViolation(f"{field}.maximum_backoff", "must not be negative"))
     if backoff_coefficient != 0 and not 1.0 <= backoff_coefficient <= 100.0:
-        violations.append(FieldViolation(f"{field}.backoff_coefficient", "must be between 1 and 100 (0 = default 2)"))
+        violations.append(
+            FieldViolation(f"{field}.backoff_coefficient", "must be between 1 and 100 (0 = default 2)")
+        )
     return violations
 
 

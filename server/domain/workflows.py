@@ -56,7 +56,9 @@ def workflow_violations(shape: WorkflowShape, field: str = "workflow") -> list[F
         elif asset_id in consumed_ids:
             collector.add(asset_field, f"{asset_id!r} is listed twice")
         elif asset_id in produced_ids:
-            collector.add(asset_field, f"{asset_id!r} is produced by the same workflow; it cannot read itself")
+            collector.add(
+                asset_field, f"{asset_id!r} is produced by the same workflow; it cannot read itself"
+            )
         consumed_ids.add(asset_id)
     if shape.max_concurrent_runs < 0:
         collector.add(f"{field}.max_concurrent_runs", "must not be negative (0 = unlimited)")

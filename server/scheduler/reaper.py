@@ -16,7 +16,9 @@ log = logging.getLogger("partita.reaper")
 REAP_INTERVAL = 1.0
 
 
-async def run_reaper(context: ServiceContext, stopping: asyncio.Event, interval: float = REAP_INTERVAL) -> None:
+async def run_reaper(
+    context: ServiceContext, stopping: asyncio.Event, interval: float = REAP_INTERVAL
+) -> None:
     while not stopping.is_set():
         try:
             now = context.clock.now()

@@ -154,7 +154,9 @@ def _derive_unpartitioned_state(db: pw.Database) -> None:
             workflow_slug,
         )
         row = db.execute_sql(
-            _sql(db, "SELECT id, create_time FROM materialization WHERE asset_id = %s ORDER BY id DESC LIMIT 1"),
+            _sql(
+                db, "SELECT id, create_time FROM materialization WHERE asset_id = %s ORDER BY id DESC LIMIT 1"
+            ),
             (asset_id,),
         ).fetchone()
         materialization_id, materialization_time = row if row else (None, None)
@@ -162,7 +164,9 @@ def _derive_unpartitioned_state(db: pw.Database) -> None:
             continue
         if in_flight is not None:
             status = "IN_PROGRESS"
-        elif failure_time is not None and (materialization_time is None or failure_time > materialization_time):
+        elif failure_time is not None and (
+            materialization_time is None or failure_time > materialization_time
+        ):
             status = "FAILED"
         elif materialization_id is not None:
             status = "MATERIALIZED"
@@ -176,7 +180,16 @@ def _derive_unpartitioned_state(db: pw.Database) -> None:
                 "in_flight_run_id, latest_materialization_id, latest_materialization_time, "
                 "latest_failure_time, update_time) VALUES (%s, '', 0, %s, %s, %s, %s, %s, %s, %s)",
             ),
-            (asset_id, status, latest_run, in_flight, materialization_id, materialization_time, failure_time, now),
+            (
+                asset_id,
+                status,
+                latest_run,
+                in_flight,
+                materialization_id,
+                materialization_time,
+                failure_time,
+                now,
+            ),
         )
 
 

@@ -56,16 +56,22 @@ DAILY = partitions_pb2.PartitionsDefinition(
         schedule_type=partitions_pb2.SCHEDULE_TYPE_DAILY, start="2024-01-01", end="2024-03-01"
     )
 )
-STATIC = partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=["eu", "us", "apac"]))
+STATIC = partitions_pb2.PartitionsDefinition(
+    static=partitions_pb2.StaticPartitions(keys=["eu", "us", "apac"])
+)
 
 
 def enqueue(stub: run_pb2_grpc.RunServiceStub, slug: str, key: str = "", **fields: object) -> run_pb2.Run:
     return stub.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug=slug, partition_key=key, **fields)).run  # type: ignore[arg-type]
 
 
-def claim(stub: worker_pb2_grpc.WorkerServiceStub, *slugs: str, wait: float = 0, lease: float = 30) -> worker_pb2.ClaimRunResponse:
+def claim(
+    stub: worker_pb2_grpc.WorkerServiceStub, *slugs: str, wait: float = 0, lease: float = 30
+) -> worker_pb2.ClaimRunResponse:
     return stub.ClaimRun(
-        worker_pb2.ClaimRunRequest(worker_id="w1", workflow_slugs=list(slugs), wait=seconds(wait), lease_duration=seconds(lease)),
+        worker_pb2.ClaimRunRequest(
+            worker_id="w1", workflow_slugs=list(slugs), wait=seconds(wait), lease_duration=seconds(lease)
+        ),
         timeout=wait + 10,
     )
 
@@ -92,10 +98,14 @@ def test_enqueue_validates_the_partition_key(
         ("plain", "2024-01-01", "partition_key", "not partitioned"),
     ]
     for slug, key, field, hint in cases:
-        failure = expect_error(run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug=slug, partition_key=key), INVALID)
+        failure = expect_error(
+            run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug=slug, partition_key=key), INVALID
+        )
         assert failure.fields == [field], (slug, key)
         assert hint in failure.bad_request.field_violations[0].description, failure  # type: ignore[union-attr]
-    expect_error(run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug="ghost"), grpc.StatusCode.NOT_FOUND)
+    expect_error(
+        run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug="ghost"), grpc.StatusCode.NOT_FOUND
+    )
     runs = run_stub.ListRuns(run_pb2.ListRunsRequest()).runs
     assert [r.id for r in runs] == [run.id]
 
@@ -106,7 +116,9 @@ def test_in_flight_dedupe_and_use_existing(
     register(workflow_stub, "regions", STATIC)
     first = enqueue(run_stub, "regions", "eu")
     failure = expect_error(
-        run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug="regions", partition_key="eu"), grpc.StatusCode.ALREADY_EXISTS
+        run_stub.EnqueueRun,
+        run_pb2.EnqueueRunRequest(workflow_slug="regions", partition_key="eu"),
+        grpc.StatusCode.ALREADY_EXISTS,
     )
     assert failure.reason == "RUN_IN_FLIGHT"
     assert failure.info is not None and failure.info.metadata["run_id"] == first.id
@@ -119,7 +131,9 @@ def test_in_flight_dedupe_and_use_existing(
     assert again.id not in (first.id, other.id)
 
 
-def test_request_id_replay(workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, run_stub: run_pb2_grpc.RunServiceStub) -> None:
+def test_request_id_replay(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, run_stub: run_pb2_grpc.RunServiceStub
+) -> None:
     register(workflow_stub, "regions", STATIC)
     request = run_pb2.EnqueueRunRequest(workflow_slug="regions", partition_key="eu", request_id="r-1")
     first = run_stub.EnqueueRun(request).run
@@ -139,7 +153,9 @@ def test_claim_heartbeat_complete_with_artifacts(
     run = enqueue(run_stub, "daily", "2024-01-02", parameters=None)
     claimed = claim(worker_stub)
     assert claimed.run.id == run.id and claimed.run.state == run_pb2.RUN_STATE_RUNNING
-    beat = worker_stub.Heartbeat(worker_pb2.HeartbeatRequest(run_id=run.id, lease_id=claimed.lease_id, progress=0.5, message="half"))
+    beat = worker_stub.Heartbeat(
+        worker_pb2.HeartbeatRequest(run_id=run.id, lease_id=claimed.lease_id, progress=0.5, message="half")
+    )
     assert not beat.cancel_requested
     assert beat.lease_expire_time.ToDatetime() >= claimed.lease_expire_time.ToDatetime()
     got = run_stub.GetRun(run_pb2.GetRunRequest(run_id=run.id)).run
@@ -151,16 +167,25 @@ def test_claim_heartbeat_complete_with_artifacts(
         assets=[
             asset_pb2.ResultAsset(
                 asset_id="sales/csv",
-                artifacts=[asset_pb2.Artifact(file_name="2024-01-02.csv", storage_url="s3://b/2024-01-02.csv", size_bytes=10)],
+                artifacts=[
+                    asset_pb2.Artifact(
+                        file_name="2024-01-02.csv", storage_url="s3://b/2024-01-02.csv", size_bytes=10
+                    )
+                ],
             )
         ],
     )
     done = worker_stub.CompleteRun(complete)
-    assert [(m.asset_id, m.partition_key, m.run_id) for m in done.materializations] == [("sales/csv", "2024-01-02", run.id)]
+    assert [(m.asset_id, m.partition_key, m.run_id) for m in done.materializations] == [
+        ("sales/csv", "2024-01-02", run.id)
+    ]
     assert done.materializations[0].artifacts[0].storage_url == "s3://b/2024-01-02.csv"
     assert worker_stub.CompleteRun(complete) == done  # a repeat returns the first answer
     conflicting = worker_pb2.CompleteRunRequest(run_id=run.id, lease_id=claimed.lease_id)
-    assert expect_error(worker_stub.CompleteRun, conflicting, grpc.StatusCode.FAILED_PRECONDITION).reason == "COMPLETION_CONFLICT"
+    assert (
+        expect_error(worker_stub.CompleteRun, conflicting, grpc.StatusCode.FAILED_PRECONDITION).reason
+        == "COMPLETION_CONFLICT"
+    )
     final = run_stub.GetRun(run_pb2.GetRunRequest(run_id=run.id)).run
     assert final.state == run_pb2.RUN_STATE_SUCCEEDED and final.end_time.seconds > 0
 
@@ -174,7 +199,10 @@ def test_complete_without_assets_materializes_every_produced_asset(
     run = enqueue(run_stub, "regions", "us")
     claimed = claim(worker_stub)
     done = worker_stub.CompleteRun(worker_pb2.CompleteRunRequest(run_id=run.id, lease_id=claimed.lease_id))
-    assert sorted((m.asset_id, m.partition_key, len(m.artifacts)) for m in done.materializations) == [("r/a", "us", 0), ("r/b", "us", 0)]
+    assert sorted((m.asset_id, m.partition_key, len(m.artifacts)) for m in done.materializations) == [
+        ("r/a", "us", 0),
+        ("r/b", "us", 0),
+    ]
 
 
 def test_complete_rejects_foreign_assets_and_bad_keys(
@@ -188,12 +216,17 @@ def test_complete_rejects_foreign_assets_and_bad_keys(
     bad = worker_pb2.CompleteRunRequest(
         run_id=run.id,
         lease_id=claimed.lease_id,
-        assets=[asset_pb2.ResultAsset(asset_id="someone/else"), asset_pb2.ResultAsset(asset_id="regions/out", partition_key="mars")],
+        assets=[
+            asset_pb2.ResultAsset(asset_id="someone/else"),
+            asset_pb2.ResultAsset(asset_id="regions/out", partition_key="mars"),
+        ],
     )
     failure = expect_error(worker_stub.CompleteRun, bad, INVALID)
     assert failure.fields == ["assets[0].asset_id"]
     bad_key = worker_pb2.CompleteRunRequest(
-        run_id=run.id, lease_id=claimed.lease_id, assets=[asset_pb2.ResultAsset(asset_id="regions/out", partition_key="mars")]
+        run_id=run.id,
+        lease_id=claimed.lease_id,
+        assets=[asset_pb2.ResultAsset(asset_id="regions/out", partition_key="mars")],
     )
     assert expect_error(worker_stub.CompleteRun, bad_key, INVALID).fields == ["assets[0].partition_key"]
     # The run is untouched and can still complete.
@@ -210,10 +243,16 @@ def test_wrong_lease_and_unknown_run(
     run = enqueue(run_stub, "plain")
     claim(worker_stub)
     failure = expect_error(
-        worker_stub.Heartbeat, worker_pb2.HeartbeatRequest(run_id=run.id, lease_id="nope-1000"), grpc.StatusCode.FAILED_PRECONDITION
+        worker_stub.Heartbeat,
+        worker_pb2.HeartbeatRequest(run_id=run.id, lease_id="nope-1000"),
+        grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert failure.reason == "LEASE_MISMATCH"
-    expect_error(worker_stub.FailRun, worker_pb2.FailRunRequest(run_id="999999", lease_id="x"), grpc.StatusCode.NOT_FOUND)
+    expect_error(
+        worker_stub.FailRun,
+        worker_pb2.FailRunRequest(run_id="999999", lease_id="x"),
+        grpc.StatusCode.NOT_FOUND,
+    )
     expect_error(worker_stub.Heartbeat, worker_pb2.HeartbeatRequest(run_id="abc", lease_id="x"), INVALID)
 
 
@@ -226,7 +265,9 @@ def test_fail_retries_with_backoff_then_fails(
     register(workflow_stub, "flaky", retry_policy=policy)
     run = enqueue(run_stub, "flaky")
     first = claim(worker_stub)
-    retried = worker_stub.FailRun(worker_pb2.FailRunRequest(run_id=run.id, lease_id=first.lease_id, error_message="boom")).run
+    retried = worker_stub.FailRun(
+        worker_pb2.FailRunRequest(run_id=run.id, lease_id=first.lease_id, error_message="boom")
+    ).run
     assert retried.state == run_pb2.RUN_STATE_QUEUED and retried.attempt == 2
     assert retried.next_attempt_time.ToDatetime() > retried.create_time.ToDatetime()
     assert not claim(worker_stub).HasField("run")  # not claimable before its next attempt time
@@ -234,8 +275,14 @@ def test_fail_retries_with_backoff_then_fails(
     assert second.run.id == run.id and second.run.attempt == 2
     assert second.lease_id != first.lease_id
     # The first attempt's lease is dead.
-    expect_error(worker_stub.FailRun, worker_pb2.FailRunRequest(run_id=run.id, lease_id=first.lease_id), grpc.StatusCode.FAILED_PRECONDITION)
-    final = worker_stub.FailRun(worker_pb2.FailRunRequest(run_id=run.id, lease_id=second.lease_id, error_message="boom again")).run
+    expect_error(
+        worker_stub.FailRun,
+        worker_pb2.FailRunRequest(run_id=run.id, lease_id=first.lease_id),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    final = worker_stub.FailRun(
+        worker_pb2.FailRunRequest(run_id=run.id, lease_id=second.lease_id, error_message="boom again")
+    ).run
     assert final.state == run_pb2.RUN_STATE_FAILED and final.error_message == "boom again"
 
 
@@ -247,7 +294,9 @@ def test_non_retryable_failure_ends_at_once(
     register(workflow_stub, "plain")
     run = enqueue(run_stub, "plain")
     lease = claim(worker_stub).lease_id
-    ended = worker_stub.FailRun(worker_pb2.FailRunRequest(run_id=run.id, lease_id=lease, error_message="bad input", retryable=False)).run
+    ended = worker_stub.FailRun(
+        worker_pb2.FailRunRequest(run_id=run.id, lease_id=lease, error_message="bad input", retryable=False)
+    ).run
     assert ended.state == run_pb2.RUN_STATE_FAILED and ended.attempt == 1
 
 
@@ -263,7 +312,9 @@ def test_lapsed_lease_retries_then_fails(
     second = claim(worker_stub, wait=6, lease=1)  # the reaper re-queues it once the lease lapses
     assert second.run.id == run.id and second.run.attempt == 2
     failure = expect_error(
-        worker_stub.Heartbeat, worker_pb2.HeartbeatRequest(run_id=run.id, lease_id=first.lease_id), grpc.StatusCode.FAILED_PRECONDITION
+        worker_stub.Heartbeat,
+        worker_pb2.HeartbeatRequest(run_id=run.id, lease_id=first.lease_id),
+        grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert failure.reason == "LEASE_MISMATCH"
     deadline = time.monotonic() + 8
@@ -280,7 +331,12 @@ def test_execution_timeout_bounds_a_heartbeating_run(
     run_stub: run_pb2_grpc.RunServiceStub,
     worker_stub: worker_pb2_grpc.WorkerServiceStub,
 ) -> None:
-    register(workflow_stub, "slow", retry_policy=workflow_pb2.RetryPolicy(max_attempts=1), execution_timeout=seconds(1))
+    register(
+        workflow_stub,
+        "slow",
+        retry_policy=workflow_pb2.RetryPolicy(max_attempts=1),
+        execution_timeout=seconds(1),
+    )
     run = enqueue(run_stub, "slow")
     lease = claim(worker_stub, lease=60).lease_id
     deadline = time.monotonic() + 8
@@ -310,7 +366,9 @@ def test_cancel_queued_and_running(
     assert asked.state == run_pb2.RUN_STATE_RUNNING and asked.cancel_requested
     beat = worker_stub.Heartbeat(worker_pb2.HeartbeatRequest(run_id=running.id, lease_id=lease, progress=0.2))
     assert beat.cancel_requested
-    acknowledged = worker_stub.FailRun(worker_pb2.FailRunRequest(run_id=running.id, lease_id=lease, retryable=False)).run
+    acknowledged = worker_stub.FailRun(
+        worker_pb2.FailRunRequest(run_id=running.id, lease_id=lease, retryable=False)
+    ).run
     assert acknowledged.state == run_pb2.RUN_STATE_CANCELED
 
 
@@ -321,7 +379,9 @@ def test_retry_run_creates_a_new_run(
 ) -> None:
     register(workflow_stub, "regions", STATIC, default_parameters=None)
     run = enqueue(run_stub, "regions", "eu")
-    expect_error(run_stub.RetryRun, run_pb2.RetryRunRequest(run_id=run.id), grpc.StatusCode.FAILED_PRECONDITION)
+    expect_error(
+        run_stub.RetryRun, run_pb2.RetryRunRequest(run_id=run.id), grpc.StatusCode.FAILED_PRECONDITION
+    )
     lease = claim(worker_stub).lease_id
     worker_stub.FailRun(worker_pb2.FailRunRequest(run_id=run.id, lease_id=lease, retryable=False))
     retry = run_stub.RetryRun(run_pb2.RetryRunRequest(run_id=run.id)).run
@@ -377,9 +437,7 @@ def test_long_poll_returns_empty_before_the_deadline(
     workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, worker_stub: worker_pb2_grpc.WorkerServiceStub
 ) -> None:
     started = time.monotonic()
-    response = worker_stub.ClaimRun(
-        worker_pb2.ClaimRunRequest(worker_id="w", wait=seconds(30)), timeout=3
-    )
+    response = worker_stub.ClaimRun(worker_pb2.ClaimRunRequest(worker_id="w", wait=seconds(30)), timeout=3)
     assert not response.HasField("run")
     assert time.monotonic() - started < 3
 
@@ -389,7 +447,13 @@ def test_two_workers_never_share_a_run(
     run_stub: run_pb2_grpc.RunServiceStub,
     server: RunningServer,
 ) -> None:
-    register(workflow_stub, "many", partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=[f"k{i}" for i in range(200)])))
+    register(
+        workflow_stub,
+        "many",
+        partitions_pb2.PartitionsDefinition(
+            static=partitions_pb2.StaticPartitions(keys=[f"k{i}" for i in range(200)])
+        ),
+    )
     for i in range(200):
         enqueue(run_stub, "many", f"k{i}")
     claimed: list[str] = []
@@ -403,7 +467,9 @@ def test_two_workers_never_share_a_run(
                 return
             with lock:
                 claimed.append(response.run.id)
-            stub.CompleteRun(worker_pb2.CompleteRunRequest(run_id=response.run.id, lease_id=response.lease_id))
+            stub.CompleteRun(
+                worker_pb2.CompleteRunRequest(run_id=response.run.id, lease_id=response.lease_id)
+            )
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(work, ["w1", "w2"]))
@@ -423,17 +489,24 @@ def test_list_runs_filters_and_pages(
     everything = run_stub.ListRuns(run_pb2.ListRunsRequest())
     assert [r.id for r in everything.runs] == [plain.id, us.id, eu.id]  # newest first
     assert everything.head_sequence >= 3
-    assert [r.id for r in run_stub.ListRuns(run_pb2.ListRunsRequest(workflow_slug="regions", partition_key="us")).runs] == [us.id]
+    assert [
+        r.id
+        for r in run_stub.ListRuns(run_pb2.ListRunsRequest(workflow_slug="regions", partition_key="us")).runs
+    ] == [us.id]
     assert [r.id for r in run_stub.ListRuns(run_pb2.ListRunsRequest(labels={"team": "x"})).runs] == [eu.id]
     first = run_stub.ListRuns(run_pb2.ListRunsRequest(page_size=2))
     second = run_stub.ListRuns(run_pb2.ListRunsRequest(page_size=2, page_token=first.next_page_token))
     assert [r.id for r in (*first.runs, *second.runs)] == [plain.id, us.id, eu.id]
     assert not second.next_page_token
-    expect_error(run_stub.ListRuns, run_pb2.ListRunsRequest(page_size=5, page_token=first.next_page_token), INVALID)
+    expect_error(
+        run_stub.ListRuns, run_pb2.ListRunsRequest(page_size=5, page_token=first.next_page_token), INVALID
+    )
 
 
 @pytest.mark.postgres
-def test_concurrent_identical_enqueues_across_two_servers_create_one_run(database_url: str, tmp_path: Path) -> None:
+def test_concurrent_identical_enqueues_across_two_servers_create_one_run(
+    database_url: str, tmp_path: Path
+) -> None:
     if not database_url.startswith("postgresql"):
         pytest.skip("two servers share one database only on PostgreSQL")
     first = start_server(database_url, log_dir=tmp_path / "a")
@@ -444,7 +517,11 @@ def test_concurrent_identical_enqueues_across_two_servers_create_one_run(databas
 
         def attempt(index: int) -> str:
             try:
-                return stubs[index % 2].EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="regions", partition_key="eu")).run.id
+                return (
+                    stubs[index % 2]
+                    .EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="regions", partition_key="eu"))
+                    .run.id
+                )
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
                 return ""

@@ -13,11 +13,15 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 def daily(start: str = "2024-01-01") -> partitions_pb2.PartitionsDefinition:
     return partitions_pb2.PartitionsDefinition(
-        time_window=partitions_pb2.TimeWindowPartitions(schedule_type=partitions_pb2.SCHEDULE_TYPE_DAILY, start=start)
+        time_window=partitions_pb2.TimeWindowPartitions(
+            schedule_type=partitions_pb2.SCHEDULE_TYPE_DAILY, start=start
+        )
     )
 
 
-def workflow(slug: str = "sales", *asset_ids: str, partitioning: partitions_pb2.PartitionsDefinition | None = None) -> workflow_pb2.Workflow:
+def workflow(
+    slug: str = "sales", *asset_ids: str, partitioning: partitions_pb2.PartitionsDefinition | None = None
+) -> workflow_pb2.Workflow:
     return workflow_pb2.Workflow(
         slug=slug,
         description="daily sales",
@@ -28,7 +32,9 @@ def workflow(slug: str = "sales", *asset_ids: str, partitioning: partitions_pb2.
     )
 
 
-def register(stub: workflow_pb2_grpc.WorkflowServiceStub, wf: workflow_pb2.Workflow, **kwargs: object) -> workflow_pb2.Workflow:
+def register(
+    stub: workflow_pb2_grpc.WorkflowServiceStub, wf: workflow_pb2.Workflow, **kwargs: object
+) -> workflow_pb2.Workflow:
     return stub.RegisterWorkflow(workflow_pb2.RegisterWorkflowRequest(workflow=wf, **kwargs)).workflow  # type: ignore[arg-type]
 
 
@@ -50,7 +56,9 @@ def test_register_get_and_replace(workflow_stub: workflow_pb2_grpc.WorkflowServi
 
 
 def test_get_unknown_workflow_is_not_found(workflow_stub: workflow_pb2_grpc.WorkflowServiceStub) -> None:
-    failure = expect_error(workflow_stub.GetWorkflow, workflow_pb2.GetWorkflowRequest(slug="nope"), grpc.StatusCode.NOT_FOUND)
+    failure = expect_error(
+        workflow_stub.GetWorkflow, workflow_pb2.GetWorkflowRequest(slug="nope"), grpc.StatusCode.NOT_FOUND
+    )
     assert "nope" in failure.message
 
 
@@ -64,9 +72,13 @@ def test_get_unknown_workflow_is_not_found(workflow_stub: workflow_pb2_grpc.Work
         ("-leading", "workflow.slug"),
     ],
 )
-def test_bad_slugs_are_invalid_argument(workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, slug: str, field: str) -> None:
+def test_bad_slugs_are_invalid_argument(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, slug: str, field: str
+) -> None:
     failure = expect_error(
-        workflow_stub.RegisterWorkflow, workflow_pb2.RegisterWorkflowRequest(workflow=workflow(slug, "a")), INVALID
+        workflow_stub.RegisterWorkflow,
+        workflow_pb2.RegisterWorkflowRequest(workflow=workflow(slug, "a")),
+        INVALID,
     )
     assert field in failure.fields
 
@@ -77,24 +89,38 @@ def test_duplicate_and_bad_asset_ids(workflow_stub: workflow_pb2_grpc.WorkflowSe
         workflow_pb2.RegisterWorkflowRequest(workflow=workflow("wf", "a", "a", "B/x", "ns//x")),
         INVALID,
     )
-    assert failure.fields == ["workflow.produces[1].asset_id", "workflow.produces[2].asset_id", "workflow.produces[3].asset_id"]
+    assert failure.fields == [
+        "workflow.produces[1].asset_id",
+        "workflow.produces[2].asset_id",
+        "workflow.produces[3].asset_id",
+    ]
     # Nothing was written.
-    expect_error(workflow_stub.GetWorkflow, workflow_pb2.GetWorkflowRequest(slug="wf"), grpc.StatusCode.NOT_FOUND)
+    expect_error(
+        workflow_stub.GetWorkflow, workflow_pb2.GetWorkflowRequest(slug="wf"), grpc.StatusCode.NOT_FOUND
+    )
 
 
-def test_partitioned_assets_must_share_one_definition(workflow_stub: workflow_pb2_grpc.WorkflowServiceStub) -> None:
+def test_partitioned_assets_must_share_one_definition(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+) -> None:
     wf = workflow("wf", "a", "b", partitioning=daily())
     wf.produces[1].partitioning.CopyFrom(daily("2023-01-01"))
-    failure = expect_error(workflow_stub.RegisterWorkflow, workflow_pb2.RegisterWorkflowRequest(workflow=wf), INVALID)
+    failure = expect_error(
+        workflow_stub.RegisterWorkflow, workflow_pb2.RegisterWorkflowRequest(workflow=wf), INVALID
+    )
     assert failure.fields == ["workflow.produces[1].partitioning"]
 
 
 def test_bad_partition_spec_names_its_field(workflow_stub: workflow_pb2_grpc.WorkflowServiceStub) -> None:
     spec = partitions_pb2.PartitionsDefinition(
-        time_window=partitions_pb2.TimeWindowPartitions(cron_schedule="not a cron", start="2024-01-01", timezone="Mars/Base")
+        time_window=partitions_pb2.TimeWindowPartitions(
+            cron_schedule="not a cron", start="2024-01-01", timezone="Mars/Base"
+        )
     )
     failure = expect_error(
-        workflow_stub.RegisterWorkflow, workflow_pb2.RegisterWorkflowRequest(workflow=workflow("wf", "a", partitioning=spec)), INVALID
+        workflow_stub.RegisterWorkflow,
+        workflow_pb2.RegisterWorkflowRequest(workflow=workflow("wf", "a", partitioning=spec)),
+        INVALID,
     )
     assert "workflow.produces[0].partitioning.time_window.cron_schedule" in failure.fields
     assert "workflow.produces[0].partitioning.time_window.timezone" in failure.fields
@@ -125,7 +151,9 @@ def test_list_workflows_pages_by_slug(workflow_stub: workflow_pb2_grpc.WorkflowS
             break
     assert seen == ["a", "b", "c", "d", "e"]
     expect_error(workflow_stub.ListWorkflows, workflow_pb2.ListWorkflowsRequest(page_size=-1), INVALID)
-    failure = expect_error(workflow_stub.ListWorkflows, workflow_pb2.ListWorkflowsRequest(page_token="garbage!"), INVALID)
+    failure = expect_error(
+        workflow_stub.ListWorkflows, workflow_pb2.ListWorkflowsRequest(page_token="garbage!"), INVALID
+    )
     assert failure.fields == ["page_token"]
 
 

@@ -32,9 +32,22 @@ def sql(db: peewee.Database, query: str, *params: Any) -> list[tuple[Any, ...]]:
 def fill_version_1(db: peewee.Database) -> None:
     """A v1 database with three workflows whose assets end in each status, and some events."""
     for slug in ("daily-sales", "broken", "busy", "never-ran"):
-        sql(db, "INSERT INTO workflow (slug, description, definition, create_time, update_time) "
-            "VALUES (%s, %s, %s, %s, %s)", slug, f"{slug} workflow", '{"slug": "%s"}' % slug, T0, T0)
-        sql(db, "INSERT INTO asset (asset_id, workflow_slug, description) VALUES (%s, %s, '')", f"{slug}/out", slug)
+        sql(
+            db,
+            "INSERT INTO workflow (slug, description, definition, create_time, update_time) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            slug,
+            f"{slug} workflow",
+            '{"slug": "%s"}' % slug,
+            T0,
+            T0,
+        )
+        sql(
+            db,
+            "INSERT INTO asset (asset_id, workflow_slug, description) VALUES (%s, %s, '')",
+            f"{slug}/out",
+            slug,
+        )
     runs = [
         # (workflow, state, end_time)
         ("daily-sales", "FAILED", T0 + 10),
@@ -47,19 +60,42 @@ def fill_version_1(db: peewee.Database) -> None:
         ("busy", "QUEUED", None),
     ]
     for index, (slug, state, end_time) in enumerate(runs, start=1):
-        sql(db, "INSERT INTO run (workflow_slug, parameters, requested_parameters, state, attempt, max_attempts, "
+        sql(
+            db,
+            "INSERT INTO run (workflow_slug, parameters, requested_parameters, state, attempt, max_attempts, "
             "trigger_kind, trigger_source_id, trigger_principal, labels, worker_id, lease_id, progress, "
             "progress_message, error_message, cancel_requested, create_time, end_time, update_time) VALUES "
             "(%s, %s, '{}', %s, 1, 3, 'MANUAL', '', 'alice', '{}', '', '', 0, '', '', %s, %s, %s, %s)",
-            slug, '{"day": "2024-01-%02d"}' % index, state, False, T0 + index, end_time, end_time or T0 + index)
-    for run_id, asset_id, created in ((2, "daily-sales/out", T0 + 20), (3, "broken/out", T0 + 10),
-                                      (5, "busy/out", T0 + 10)):
-        sql(db, "INSERT INTO materialization (asset_id, run_id, artifacts, payload, create_time) "
-            "VALUES (%s, %s, %s, '{}', %s)", asset_id, run_id,
-            '[{"file_name": "out.csv", "storage_url": "s3://b/out.csv"}]', created)
+            slug,
+            '{"day": "2024-01-%02d"}' % index,
+            state,
+            False,
+            T0 + index,
+            end_time,
+            end_time or T0 + index,
+        )
+    for run_id, asset_id, created in (
+        (2, "daily-sales/out", T0 + 20),
+        (3, "broken/out", T0 + 10),
+        (5, "busy/out", T0 + 10),
+    ):
+        sql(
+            db,
+            "INSERT INTO materialization (asset_id, run_id, artifacts, payload, create_time) "
+            "VALUES (%s, %s, %s, '{}', %s)",
+            asset_id,
+            run_id,
+            '[{"file_name": "out.csv", "storage_url": "s3://b/out.csv"}]',
+            created,
+        )
     for run_id in range(1, 9):
-        sql(db, "INSERT INTO run_event (time, run_id, workflow_slug, type, state, attempt, progress, message, data) "
-            "VALUES (%s, %s, 'daily-sales', 'QUEUED', 'QUEUED', 1, 0, '', '{}')", T0 + run_id, run_id)
+        sql(
+            db,
+            "INSERT INTO run_event (time, run_id, workflow_slug, type, state, attempt, progress, message, data) "
+            "VALUES (%s, %s, 'daily-sales', 'QUEUED', 'QUEUED', 1, 0, '', '{}')",
+            T0 + run_id,
+            run_id,
+        )
 
 
 def test_fresh_database_reaches_the_latest_version(db: peewee.Database) -> None:
@@ -74,12 +110,16 @@ def test_version_1_upgrades_in_place(db: peewee.Database) -> None:
     migrations.migrate(db, target=1)
     assert migrations.current_version(db) == 1
     fill_version_1(db)
-    runs_before = sql(db, "SELECT id, workflow_slug, parameters, state, trigger_principal, create_time FROM run ORDER BY id")
+    runs_before = sql(
+        db, "SELECT id, workflow_slug, parameters, state, trigger_principal, create_time FROM run ORDER BY id"
+    )
 
     migrations.migrate(db)
 
     assert migrations.current_version(db) == 2
-    runs_after = sql(db, "SELECT id, workflow_slug, parameters, state, trigger_principal, create_time FROM run ORDER BY id")
+    runs_after = sql(
+        db, "SELECT id, workflow_slug, parameters, state, trigger_principal, create_time FROM run ORDER BY id"
+    )
     assert runs_after == runs_before
     assert sql(db, "SELECT DISTINCT partition_key FROM run") == [("",)]
     assert sql(db, "SELECT COUNT(*) FROM run WHERE backfill_id IS NOT NULL") == [(0,)]
@@ -112,7 +152,9 @@ def test_in_flight_index_holds_after_upgrade(db: peewee.Database) -> None:
     fill_version_1(db)
     migrations.migrate(db)
     # The three in-flight v1 runs of `busy` survive; a new in-flight run of the slice is refused.
-    assert sql(db, "SELECT COUNT(*) FROM run WHERE workflow_slug = 'busy' AND state IN ('QUEUED', 'RUNNING')") == [(3,)]
+    assert sql(
+        db, "SELECT COUNT(*) FROM run WHERE workflow_slug = 'busy' AND state IN ('QUEUED', 'RUNNING')"
+    ) == [(3,)]
     insert = (
         "INSERT INTO run (workflow_slug, partition_key, dedupe_slot, parameters, requested_parameters, state, "
         "attempt, max_attempts, retry_policy, trigger_kind, trigger_source_id, trigger_principal, labels, "

@@ -1,0 +1,137 @@
+"""Recording result assets: validation of reported slices, their materializations, the
+per-partition state they move and their MATERIALIZED events. Shared by CompleteRun and
+ReportMaterializations; runs inside a store transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from google.protobuf import json_format
+from partita.v1 import asset_pb2
+
+from server import keys
+from server.api import convert
+from server.catalog import WorkflowDefinition
+from server.domain.errors import InvalidArgument, ViolationCollector
+from storage import materializations, partition_state
+from storage.events import NewEvent, Outbox
+from storage.models import Run
+
+
+def validated_result_assets(
+    definition: WorkflowDefinition,
+    assets: Sequence[asset_pb2.ResultAsset],
+    run_key: str,
+    fields: Sequence[str],
+    max_artifacts: int,
+) -> list[tuple[asset_pb2.ResultAsset, str]]:
+    """Each reported asset with the key it lands at; every bad field is named at once.
+    `fields[i]` is the request path of `assets[i]` (e.g. `assets[3]`)."""
+    collector = ViolationCollector()
+    produced = set(definition.produced_asset_ids)
+    seen: set[tuple[str, str]] = set()
+    result = []
+    for asset, asset_field in zip(assets, fields, strict=True):
+        if asset.asset_id not in produced:
+            collector.add(
+                f"{asset_field}.asset_id",
+                f"{asset.asset_id[:128]!r} is not produced by workflow {definition.slug!r} "
+                f"(it produces {', '.join(sorted(produced)) or 'nothing'})",
+            )
+            continue
+        key = asset.partition_key or definition.key_of(asset.asset_id, run_key)
+        if (asset.asset_id, key) in seen:
+            collector.add(
+                f"{asset_field}.partition_key", f"asset {asset.asset_id!r} key {key!r} is reported twice"
+            )
+        seen.add((asset.asset_id, key))
+        if len(asset.artifacts) > max_artifacts:
+            collector.add(
+                f"{asset_field}.artifacts", f"has {len(asset.artifacts)} artifacts; at most {max_artifacts}"
+            )
+        for artifact_index, artifact in enumerate(asset.artifacts):
+            artifact_field = f"{asset_field}.artifacts[{artifact_index}]"
+            if not artifact.file_name and not artifact.storage_url:
+                collector.add(artifact_field, "needs a file_name or a storage_url")
+            if artifact.size_bytes < 0:
+                collector.add(f"{artifact_field}.size_bytes", "must not be negative")
+            if (
+                len(artifact.file_name) > 1024
+                or len(artifact.storage_url) > 4096
+                or len(artifact.content_type) > 255
+            ):
+                collector.add(
+                    artifact_field, "file_name ≤ 1024, storage_url ≤ 4096, content_type ≤ 255 characters"
+                )
+        result.append((asset, key))
+    collector.raise_if_any("invalid result assets")
+    return result
+
+
+def record_materializations(
+    outbox: Outbox,
+    definition: WorkflowDefinition,
+    reported: list[tuple[asset_pb2.ResultAsset, str]],
+    run: Run | None,
+    now_us: int,
+    positions_of: dict[tuple[str, str], int],
+) -> list[materializations.Materialization]:
+    """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events."""
+    recorded = []
+    for asset, key in reported:
+        row = materializations.insert(
+            materializations.NewMaterialization(
+                asset_id=asset.asset_id,
+                partition_key=key,
+                run_id=run.id if run is not None else None,
+                artifacts=convert.dumps(
+                    [json_format.MessageToDict(a, preserving_proto_field_name=True) for a in asset.artifacts]
+                ),
+                payload=json_format.MessageToJson(asset.payload, indent=None),
+            ),
+            now_us,
+        )
+        partition_state.record_materialization(
+            asset.asset_id, key, positions_of[(asset.asset_id, key)], row.id, run.id if run else None, now_us
+        )
+        outbox.add(
+            NewEvent(
+                type="MATERIALIZED",
+                workflow_slug=definition.slug,
+                run_id=run.id if run else None,
+                partition_key=key,
+                backfill_id=run.backfill_id if run else None,
+                state=run.state if run else "",
+                attempt=run.attempt if run else 0,
+                asset_id=asset.asset_id,
+                materialization_ids=[row.id],
+            )
+        )
+        recorded.append(row)
+    return recorded
+
+
+def resolve_result_positions(
+    definition: WorkflowDefinition,
+    reported: list[tuple[asset_pb2.ResultAsset, str]],
+    fields: Sequence[str],
+    now: datetime,
+) -> dict[tuple[str, str], int]:
+    """Positions of every reported (asset, key); a key not valid for its asset is INVALID_ARGUMENT."""
+    positions: dict[tuple[str, str], int] = {}
+    cache: dict[str, dict[str, int]] = {}
+    for (asset, key), field in zip(reported, fields, strict=True):
+        if asset.asset_id not in definition.partitioned_asset_ids:
+            if key:
+                raise InvalidArgument.for_field(
+                    f"{field}.partition_key", f"asset {asset.asset_id!r} is not partitioned; omit the key"
+                )
+            positions[(asset.asset_id, key)] = 0
+            continue
+        if key not in cache:
+            cache[key] = keys.resolve_positions(
+                definition, key, now, field=f"{field}.partition_key", register=False
+            )
+        positions[(asset.asset_id, key)] = cache[key][asset.asset_id]
+    return positions
