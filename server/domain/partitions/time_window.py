@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice, pairwise
 from typing import NamedTuple
 
@@ -88,6 +88,12 @@ class TimeWindow:
     def contains(self, moment: datetime) -> bool:
         start, end = self._span()
         return start <= moment.timestamp() < end
+
+    @property
+    def duration(self) -> timedelta:
+        """Elapsed time (``end - start`` on datetimes sharing a zone is wall-clock time instead)."""
+        start, end = self._span()
+        return timedelta(seconds=end - start)
 
 
 class PartitionWindow(NamedTuple):
@@ -381,8 +387,8 @@ class TimeWindowSpec:
 
     def _misaligned(self, key: str, parsed: float) -> str:
         schedule = self._schedule
-        after = schedule.tick_index(math.ceil(parsed))
-        before = schedule.tick_index(math.floor(parsed) + 1) - 1
+        after = schedule.tick_index(math.ceil(parsed))  # first tick >= parsed
+        before = after - 1
         nearest = []
         for n in sorted({before, after}):
             tick = _safe_tick(schedule, n)

@@ -30,6 +30,10 @@ _PROBE_STEP = 2 * 86400
 _CHUNK = 20 * 366 * 86400
 
 
+# Files some systems keep beside the zones: they alias the host's zone or hold POSIX defaults.
+_NOT_ZONES = frozenset({"localtime", "posixrules", "posix/localtime", "right/localtime"})
+
+
 @functools.cache
 def _available() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
@@ -39,7 +43,7 @@ def zone_problem(name: str) -> str | None:
     """Why `name` is not an IANA time zone name we accept, or None."""
     if name == "UTC":
         return None
-    if name not in _available():
+    if name not in _available() or name in _NOT_ZONES:
         return f"unknown IANA time zone {name!r} (expected a name such as 'UTC' or 'America/New_York')"
     try:
         zoneinfo.ZoneInfo(name)
