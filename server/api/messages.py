@@ -47,8 +47,10 @@ def materialization_message(row: Materialization) -> asset_pb2.Materialization:
         asset_id=row.asset_id,
         partition_key=row.partition_key,
         run_id=str(row.run_id) if row.run_id is not None else "",
-        artifacts=[asset_pb2.Artifact(**artifact) for artifact in json.loads(row.artifacts or "[]")],
-        inputs=[asset_pb2.MaterializationInput(**item) for item in json.loads(row.inputs or "[]")],
+        artifacts=[json_format.ParseDict(item, asset_pb2.Artifact()) for item in json.loads(row.artifacts or "[]")],
+        inputs=[
+            json_format.ParseDict(item, asset_pb2.MaterializationInput()) for item in json.loads(row.inputs or "[]")
+        ],
     )
     json_format.Parse(row.payload or "{}", message.payload)
     created = convert.timestamp(row.create_time)
