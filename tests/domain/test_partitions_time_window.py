@@ -461,3 +461,14 @@ def test_far_future_now_and_large_end_offset_stay_bounded() -> None:
     count = spec.count(datetime(9999, 1, 1, tzinfo=UTC))
     assert 7900 < count < 8000
     assert spec.keys_page(count - 1, 5, datetime(9999, 1, 1, tzinfo=UTC)) == ["9997-01-01"]
+
+
+def test_every_iana_zone_is_accepted_and_paths_are_not() -> None:
+    import zoneinfo
+
+    from server.domain.partitions.zones import zone_problem
+
+    rejected = {name for name in zoneinfo.available_timezones() if zone_problem(name) is not None}
+    assert rejected <= {"localtime", "Factory"}
+    for name in ("../etc/passwd", "/etc/localtime", "America/../UTC", "right/UTC", "posix/UTC", "utc", ""):
+        assert zone_problem(name) is not None, name

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 import threading
 import zoneinfo
 from datetime import UTC, datetime, tzinfo
@@ -31,24 +32,22 @@ _CHUNK = 20 * 366 * 86400
 
 
 # Files some systems keep beside the zones: they alias the host's zone or hold POSIX defaults.
-_NOT_ZONES = frozenset({"localtime", "posixrules", "posix/localtime", "right/localtime"})
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*\Z")
 
 
-@functools.cache
-def _available() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
+@functools.lru_cache(maxsize=1024)
 def zone_problem(name: str) -> str | None:
     """Why `name` is not an IANA time zone name we accept, or None."""
+    unknown = f"unknown IANA time zone {name!r} (expected a name such as 'UTC' or 'America/New_York')"
     if name == "UTC":
         return None
-    if name not in _available() or name in _NOT_ZONES:
-        return f"unknown IANA time zone {name!r} (expected a name such as 'UTC' or 'America/New_York')"
+    if name in _NOT_ZONES or name.startswith(("posix/", "right/")) or not _ZONE_NAME.match(name):
+        return unknown
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # pragma: no cover - tzdata broken
-        return f"cannot load time zone {name!r}: {exc}"
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return unknown
     return None
 
 
