@@ -18,7 +18,7 @@ install:
 generate:
 	rm -rf generated/partita
 	mkdir -p generated
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tools.generate_protos generated
+	$(BIN)/python -m tools.generate_protos generated
 
 run:
 	$(BIN)/python -m server --listen $(LISTEN) --database $(DATABASE)

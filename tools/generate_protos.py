@@ -19,11 +19,15 @@ PROTO_ROOT = REPO / "protos"
 def generate(out_root: Path) -> None:
     proto_files = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "partita").rglob("*.proto"))
     well_known = str(resources.files("grpc_tools") / "_proto")
+    # mypy-protobuf's plugins live beside this interpreter; name them so PATH does not matter.
+    scripts = Path(sys.executable).parent
     out_root.mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"--plugin=protoc-gen-mypy={scripts / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={scripts / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out_root}",
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",
