@@ -8,7 +8,7 @@ concurrent transitions of different runs cannot overwrite each other's facts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from storage import sql
 
@@ -107,3 +107,27 @@ def rebuild_state() -> None:
         f"UPDATE partition_state SET status = CASE WHEN in_flight_run_id IS NOT NULL THEN 'IN_PROGRESS' "
         f"ELSE {_SETTLED_STATUS} END"
     )
+
+
+# Position of a state row whose key no longer belongs to its asset's definition (after a
+# partitioning change): below every real position, so range reads and counts never see it,
+# while its history stays readable by key.
+DETACHED_POSITION = -(2**62)
+
+
+def reposition(asset_id: str, position_of: Callable[[str], int | None], now: int) -> int:
+    """Recomputes every state row's position under a new definition; returns how many moved."""
+    moved = 0
+    for key, position in sql.rows(
+        "SELECT partition_key, position FROM partition_state WHERE asset_id = %s", (asset_id,)
+    ):
+        new_position = position_of(key)
+        if new_position is None:
+            new_position = DETACHED_POSITION
+        if new_position != position:
+            sql.execute(
+                "UPDATE partition_state SET position = %s, update_time = %s WHERE asset_id = %s AND partition_key = %s",
+                (new_position, now, asset_id, key),
+            )
+            moved += 1
+    return moved

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
 
@@ -17,10 +19,10 @@ from server.domain.errors import (
     NotFound,
     ViolationCollector,
 )
-from server.domain.partitions import DynamicSpec, PartitionSpec, is_partitioning_change
+from server.domain.partitions import DynamicSpec, PartitionSpec, is_partitioning_change, positions_stable
 from server.domain.retry import retry_policy_violations
 from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_violations
-from storage import dynamic_partitions, workflows
+from storage import dynamic_partitions, partition_state, workflows
 from storage.events import Outbox
 from storage.models import micros
 
@@ -72,6 +74,28 @@ def _validated_assets(workflow: workflow_pb2.Workflow) -> list[ProducedAsset]:
     return produced
 
 
+def _positions_stable(old: PartitionSpec | None, new: PartitionSpec | None) -> bool:
+    if old is None or new is None:
+        return old is None and new is None
+    return positions_stable(old, new)
+
+
+def _position_function(spec: PartitionSpec | None) -> Callable[[str], int | None]:
+    """Where a stored key sits under `spec` (None: the key is not one of its keys)."""
+
+    def position_of(key: str) -> int | None:
+        if spec is None:
+            return 0 if key == "" else None
+        if isinstance(spec, DynamicSpec) or key == "":
+            return None
+        try:
+            return spec.position(key)
+        except InvalidArgument:
+            return None
+
+    return position_of
+
+
 def stored_workflow(row: workflows.Workflow) -> workflow_pb2.Workflow:
     workflow = workflow_pb2.Workflow()
     convert.from_json(row.definition, workflow)
@@ -120,20 +144,26 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                         metadata={"asset_id": asset.asset_id, "workflow_slug": owner.workflow_slug},
                         violations=[],
                     )
-                if owner is not None and not request.allow_partitioning_change:
-                    old_spec = stored_spec(owner)
+                old_spec = stored_spec(owner) if owner is not None else None
+                if owner is not None:
                     changed = (old_spec is None) != (asset.spec is None) or (
                         old_spec is not None
                         and asset.spec is not None
                         and is_partitioning_change(old_spec, asset.spec)
                     )
-                    if changed and workflows.asset_has_history(asset.asset_id, workflow.slug):
+                    if (
+                        changed
+                        and not request.allow_partitioning_change
+                        and workflows.asset_has_history(asset.asset_id, workflow.slug)
+                    ):
                         raise FailedPrecondition(
                             f"workflow.produces[{index}].partitioning changes the partitioning of asset "
                             f"{asset.asset_id!r}, which has runs; set allow_partitioning_change to do it anyway",
                             reason="PARTITIONING_CHANGE",
                             metadata={"asset_id": asset.asset_id},
                         )
+                    if not _positions_stable(old_spec, asset.spec):
+                        partition_state.reposition(asset.asset_id, _position_function(asset.spec), now)
                 rows.append(
                     workflows.AssetRow(
                         asset_id=asset.asset_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
+from partita.v1 import partitions_pb2, run_pb2, run_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from tests.rpc import expect_error
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -165,3 +165,33 @@ def test_request_id_replays_and_rejects_reuse(workflow_stub: workflow_pb2_grpc.W
     changed = workflow_pb2.RegisterWorkflowRequest(workflow=workflow("wf", "b"), request_id="req-1")
     failure = expect_error(workflow_stub.RegisterWorkflow, changed, INVALID)
     assert failure.reason == "REQUEST_ID_REUSED"
+
+
+def test_partitioning_changes_need_permission_once_runs_exist(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, run_stub: run_pb2_grpc.RunServiceStub
+) -> None:
+    register(workflow_stub, workflow("sales", "sales/csv", partitioning=daily()))
+    hourly = partitions_pb2.PartitionsDefinition(
+        time_window=partitions_pb2.TimeWindowPartitions(
+            schedule_type=partitions_pb2.SCHEDULE_TYPE_HOURLY, start="2024-01-01-00:00"
+        )
+    )
+    # No runs yet: any change is free.
+    register(workflow_stub, workflow("sales", "sales/csv", partitioning=hourly))
+    register(workflow_stub, workflow("sales", "sales/csv", partitioning=daily()))
+    run_stub.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="sales", partition_key="2024-01-02"))
+
+    failure = expect_error(
+        workflow_stub.RegisterWorkflow,
+        workflow_pb2.RegisterWorkflowRequest(workflow=workflow("sales", "sales/csv", partitioning=hourly)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert failure.reason == "PARTITIONING_CHANGE"
+    # Moving the start and setting an end are free.
+    moved = daily("2023-01-01")
+    moved.time_window.end = "2025-01-01"
+    register(workflow_stub, workflow("sales", "sales/csv", partitioning=moved))
+    changed = register(
+        workflow_stub, workflow("sales", "sales/csv", partitioning=hourly), allow_partitioning_change=True
+    )
+    assert changed.produces[0].partitioning.time_window.schedule_type == partitions_pb2.SCHEDULE_TYPE_HOURLY
