@@ -158,3 +158,26 @@ def test_far_range_is_arithmetic() -> None:
     count = schedule.tick_index(end) - schedule.tick_index(start)
     assert count == math.ceil((end - start) / 3600)
     assert schedule.tick_at(schedule.tick_index(end)) == end
+
+
+def test_concurrent_first_use_builds_consistent_checkpoints() -> None:
+    """Threads racing to extend a fresh zone and schedule see the same ticks as one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.domain.partitions.ticks import TickSchedule
+    from server.domain.partitions.zones import Zone
+
+    reference = get_schedule("30 1 * * *", "America/New_York")
+    fresh = TickSchedule(parse_cron("30 1 * * *"), Zone("America/New_York"))
+    instants = [int(datetime(1950 + 3 * k, 11, 5, tzinfo=UTC).timestamp()) for k in range(25)]
+
+    def probe(instant: int) -> tuple[int, int]:
+        n = fresh.tick_index(instant)
+        return n - fresh.tick_index(instants[0]), fresh.tick_at(n)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(probe, instants * 4))
+    expected = [
+        (reference.tick_index(t) - reference.tick_index(instants[0]), reference.ceil(t)) for t in instants
+    ] * 4
+    assert got == expected

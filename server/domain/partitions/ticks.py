@@ -83,11 +83,11 @@ class TickSchedule:
                 gap_has_match = wall.index(start + offset) - wall.index(start + previous) > 0
                 if gap_has_match and not self.rule.matches(start + offset):
                     bonus = 1
-        self._start.append(start)
         self._offset.append(offset)
         self._lo_idx.append(self._wall.index(lo))
         self._bonus.append(bonus)
         self._amb_end.append(amb_end)
+        self._start.append(start)  # last: len(_start) is the number of stretches with data
 
     def _close(self, i: int) -> None:
         """Record stretch i's end; the zone must already know stretch i+1."""
@@ -100,10 +100,11 @@ class TickSchedule:
             next_offset = self.zone.offset(i + 1)
             hi = end + (offset if self.repeat else min(offset, next_offset))
             hi_idx = max(self._wall.index(hi), self._lo_idx[i])
-            self._hi_idx.append(hi_idx)
-            self._cum.append(self._cum[i] + self._bonus[i] + hi_idx - self._lo_idx[i])
+            # Readers use len(_hi_idx) as the number of closed stretches: publish it last.
             if len(self._start) == i + 1:
                 self._add_static(i + 1)
+            self._cum.append(self._cum[i] + self._bonus[i] + hi_idx - self._lo_idx[i])
+            self._hi_idx.append(hi_idx)
 
     def _close_through(self, i: int) -> None:
         while len(self._hi_idx) < i:

@@ -35,6 +35,7 @@ Creation validates everything and reports every bad field at once (field paths s
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -156,7 +157,40 @@ class TimeWindowSpec:
         end_offset: int = 0,
         field_prefix: str = "time_window",
     ) -> TimeWindowSpec:
-        """Validate a definition; raises InvalidArgument with one violation per bad field."""
+        """Validate a definition; raises InvalidArgument with one violation per bad field.
+
+        Valid definitions are memoized (they are immutable), so re-creating a stored definition
+        on every request costs a dictionary lookup, not a validation.
+        """
+        return _create_cached(
+            cron_schedule,
+            schedule_type,
+            minute_offset,
+            hour_offset,
+            day_offset,
+            start,
+            end,
+            fmt,
+            timezone,
+            end_offset,
+            field_prefix,
+        )
+
+    @classmethod
+    def _create(
+        cls,
+        cron_schedule: str,
+        schedule_type: str,
+        minute_offset: int,
+        hour_offset: int,
+        day_offset: int | None,
+        start: str,
+        end: str,
+        fmt: str,
+        timezone: str,
+        end_offset: int,
+        field_prefix: str,
+    ) -> TimeWindowSpec:
         violations = ViolationCollector()
 
         def path(name: str) -> str:
@@ -283,8 +317,9 @@ class TimeWindowSpec:
         """L: index of the last listed window as of `now` (-1 when none)."""
         moment = min(_instant(now), float(_MAX_BOUND))
         cache = self._last_cache
-        if cache and cache[0][0] == moment:
-            return cache[0][1]
+        entry = cache[0] if cache else None
+        if entry is not None and entry[0] == moment:
+            return entry[1]
         schedule = self._schedule
         first_at_or_after = schedule.tick_index(math.ceil(moment)) - self._first
         last_at_or_before = schedule.tick_index(math.floor(moment) + 1) - 1 - self._first
@@ -534,6 +569,35 @@ class TimeWindowSpec:
 
 
 # ---------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=1024)
+def _create_cached(
+    cron_schedule: str,
+    schedule_type: str,
+    minute_offset: int,
+    hour_offset: int,
+    day_offset: int | None,
+    start: str,
+    end: str,
+    fmt: str,
+    timezone: str,
+    end_offset: int,
+    field_prefix: str,
+) -> TimeWindowSpec:
+    return TimeWindowSpec._create(
+        cron_schedule,
+        schedule_type,
+        minute_offset,
+        hour_offset,
+        day_offset,
+        start,
+        end,
+        fmt,
+        timezone,
+        end_offset,
+        field_prefix,
+    )
+
+
 def _safe_tick(schedule: TickSchedule, n: int) -> int | None:
     try:
         return schedule.tick_at(n)

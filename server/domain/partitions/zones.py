@@ -54,7 +54,8 @@ def zone_problem(name: str) -> str | None:
 class Zone:
     """Offset-stable stretches of one zone. Stretch i covers [start(i), end(i)) with offset(i).
 
-    Stretch 0 starts at MIN_INSTANT; a stretch's end is the next transition, discovered on demand.
+    Stretch 0 starts at MIN_INSTANT; stretch i+1 starts at the i-th transition. Transitions are
+    discovered on demand, so the last known stretch is open-ended until the next one is found.
     Instances are shared between threads (see `get_zone`); discovery appends under a lock and
     never changes what was already published, so readers need no lock.
     """
@@ -110,14 +111,6 @@ class Zone:
         self._ensure(instant)
         return bisect.bisect_right(self._transitions, instant)
 
-    def ensure_stretch(self, index: int) -> bool:
-        """Discover transitions until stretch `index` exists; False if the zone has fewer stretches."""
-        while len(self._offsets) <= index:
-            if self._probed_to >= MAX_INSTANT:
-                return False
-            self._probe(self._probed_to + _CHUNK)
-        return True
-
     @property
     def probed_to(self) -> int:
         """Every transition before this instant is known."""
@@ -125,26 +118,13 @@ class Zone:
 
     def stretch_count(self) -> int:
         """Stretches known so far (the last one is open-ended until the next transition is found)."""
-        return len(self._offsets)
+        return len(self._transitions) + 1  # _transitions is appended after _offsets
 
     def start(self, index: int) -> int:
         return MIN_INSTANT if index == 0 else self._transitions[index - 1]
 
-    def end(self, index: int) -> int:
-        """End of stretch `index` (exclusive); discovers the next transition when needed."""
-        while index >= len(self._transitions):
-            if self._probed_to >= MAX_INSTANT:
-                return MAX_INSTANT
-            self._probe(self._probed_to + _CHUNK)
-        return self._transitions[index]
-
     def offset(self, index: int) -> int:
         return self._offsets[index]
-
-    def next_offset(self, index: int) -> int:
-        """Offset of the stretch after `index` (its own offset for the last stretch)."""
-        self.end(index)
-        return self._offsets[index + 1] if index + 1 < len(self._offsets) else self._offsets[index]
 
     def transitions_between(self, lo: int, hi: int) -> list[int]:
         """Transition instants in [lo, hi)."""
