@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +31,7 @@ from server.api.services import add_partita_services
 from server.clock import Clock, SystemClock
 from server.logging import log_event
 from server.metrics import MetricsRegistry
+from server.scheduler.reaper import run_reaper
 from storage import migrations
 from storage.database import connect
 from storage.store import SchemaBehind, Store
@@ -77,6 +78,13 @@ class Settings:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
 
+# A loop that runs beside the server (lease reaper, later schedulers and dispatchers): it
+# gets the service context and an event set at shutdown, and should return soon after.
+BackgroundTask = Callable[[ServiceContext, asyncio.Event], Coroutine[Any, Any, None]]
+DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (run_reaper,)
+BACKGROUND_STOP_TIMEOUT = 10.0
+
+
 @dataclass
 class PartitaServer:
     """A built, not yet started, server and the parts tests or embedders may want."""
@@ -86,7 +94,10 @@ class PartitaServer:
     context: ServiceContext
     metrics: MetricsRegistry
     service_names: tuple[str, ...]
+    background: tuple[BackgroundTask, ...] = ()
     ports: list[int] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def add_insecure_port(self, address: str) -> int:
         """Binds `address` (port 0 picks a free one); returns the bound port."""
@@ -105,13 +116,33 @@ class PartitaServer:
         for name in names:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        for task in self.background:
+            name = getattr(task, "__name__", "background")
+            self._tasks.append(asyncio.create_task(task(self.context, self.stopping), name=name))
         for name in names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
-        """Health goes NOT_SERVING, new calls are refused, in-flight ones get `grace` seconds."""
+        """Health goes NOT_SERVING, new calls are refused, in-flight ones get `grace` seconds;
+        then the background loops are told to stop (and cancelled if they linger)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=BACKGROUND_STOP_TIMEOUT)
+            for task in pending:
+                task.cancel()
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for task, result in zip(self._tasks, results, strict=True):
+                if isinstance(result, Exception):
+                    log_event(
+                        logger,
+                        "background task failed",
+                        level=logging.ERROR,
+                        task=task.get_name(),
+                        error=repr(result),
+                    )
+            self._tasks.clear()
 
 
 def build_server(
@@ -121,8 +152,12 @@ def build_server(
     limits: Limits | None = None,
     metrics: MetricsRegistry | None = None,
     options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
+    background: Sequence[BackgroundTask] = DEFAULT_BACKGROUND_TASKS,
 ) -> PartitaServer:
-    """A grpc.aio server with every partita.v1 service, health and reflection. Call inside a loop."""
+    """A grpc.aio server with every partita.v1 service, health and reflection. Call inside a loop.
+
+    `background` loops start with the server and stop after it drains; pass `()` for none.
+    """
     registry = metrics if metrics is not None else MetricsRegistry()
     context = ServiceContext(store=store, clock=clock or SystemClock(), limits=limits or Limits())
     server = grpc.aio.server(interceptors=server_interceptors(registry), options=list(options))
@@ -133,7 +168,7 @@ def build_server(
         (*partita_names, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME),
         server,
     )
-    return PartitaServer(server, health, context, registry, partita_names)
+    return PartitaServer(server, health, context, registry, partita_names, tuple(background))
 
 
 def redact_url(url: str) -> str:
