@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import socket
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.logging import configure_logging, log_event
 from tests.harness import RunningServer, run_server_to_exit, start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -134,3 +137,33 @@ def test_info_level_does_not_log_each_rpc(tmp_path: Path) -> None:
         assert running.stop() == 0, running.stderr()
     messages = [json.loads(line)["message"] for line in running.stderr().splitlines() if line.strip()]
     assert "server started" in messages and "rpc finished" not in messages
+
+
+def test_log_event_writes_one_json_object_with_its_fields() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    configure_logging("DEBUG", stream=stream)
+    try:
+        logger = logging.getLogger("partita.test")
+        log_event(logger, "run claimed", run_id="r-1", attempt=2, partition_key="2024-01-01", name="clash")
+        log_event(logger, "hidden", level=logging.DEBUG - 1)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log_event(logger, "failed", level=logging.ERROR, exc_info=True, workflow_slug="daily")
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (
+        first["message"] == "run claimed" and first["level"] == "INFO" and first["logger"] == "partita.test"
+    )
+    assert (first["run_id"], first["attempt"], first["partition_key"]) == ("r-1", 2, "2024-01-01")
+    assert first["field_name"] == "clash"
+    assert first["time"].endswith("+00:00")
+    assert second["level"] == "ERROR" and second["workflow_slug"] == "daily"
+    assert "ValueError: boom" in second["exception"]
