@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -21,6 +21,7 @@ from partita.v1 import (
     backfill_pb2,
     backfill_pb2_grpc,
     run_pb2_grpc,
+    worker_pb2,
     worker_pb2_grpc,
     workflow_pb2_grpc,
 )
@@ -181,6 +182,26 @@ def test_sigterm_drains_an_in_flight_stream(database_url: str, tmp_path: Path) -
         # With the last call done the server exits at once, long before the 60 s grace.
         assert running.wait(timeout=30) == 0
         assert time.monotonic() - closed < 15
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+        running.close_channels()
+
+
+def test_sigterm_drains_an_in_flight_long_poll(database_url: str, tmp_path: Path) -> None:
+    """A ClaimRun long poll in flight at SIGTERM runs to its end (empty, OK) before the exit."""
+    running = start_server(database_url, "--shutdown-grace", "30", log_dir=tmp_path)
+    try:
+        worker = running.stub(worker_pb2_grpc.WorkerServiceStub)
+        request = worker_pb2.ClaimRunRequest(worker_id="drain-test", wait=duration_pb2.Duration(seconds=4))
+        future = worker.ClaimRun.future(request, timeout=30)
+        time.sleep(1.0)
+        assert not future.done()
+        running.send_signal(signal.SIGTERM)
+        response = future.result(timeout=30)  # raises if the call was cut off
+        assert not response.HasField("run")
+        assert running.wait(timeout=30) == 0
     finally:
         if running.process.poll() is None:
             running.process.kill()
