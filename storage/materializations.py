@@ -52,3 +52,12 @@ def list_materializations(
     if before_id is not None:
         query = query.where(Materialization.id < before_id)
     return list(query.order_by(Materialization.id.desc()).limit(limit))
+
+
+def latest_of_asset(asset_id: str) -> Materialization | None:
+    return (
+        Materialization.select()
+        .where(Materialization.asset_id == asset_id)
+        .order_by(Materialization.id.desc())
+        .first()
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from storage import sql
+from storage.models import PartitionState
 
 IN_PROGRESS = "IN_PROGRESS"
 MATERIALIZED = "MATERIALIZED"
@@ -131,3 +132,83 @@ def reposition(asset_id: str, position_of: Callable[[str], int | None], now: int
             )
             moved += 1
     return moved
+
+
+def rows_for_keys(asset_id: str, partition_keys: Sequence[str]) -> dict[str, PartitionState]:
+    if not partition_keys:
+        return {}
+    query = PartitionState.select().where(
+        (PartitionState.asset_id == asset_id) & PartitionState.partition_key.in_(list(partition_keys))
+    )
+    return {row.partition_key: row for row in query}
+
+
+def status_counts_between(asset_id: str, low: int, high: int) -> dict[str, int]:
+    """Rows per status among positions low..high (inclusive); keys without a row are not counted."""
+    rows = sql.rows(
+        "SELECT status, COUNT(*) FROM partition_state WHERE asset_id = %s AND position BETWEEN %s AND %s "
+        "GROUP BY status",
+        (asset_id, low, high),
+    )
+    return {status: int(count) for status, count in rows}
+
+
+def touched_count_between(asset_id: str, low: int, high: int) -> int:
+    """Rows whose status is not MISSING among positions low..high: keys with something to show."""
+    return int(
+        sql.scalar(
+            "SELECT COUNT(*) FROM partition_state WHERE asset_id = %s AND position BETWEEN %s AND %s "
+            "AND status <> 'MISSING'",
+            (asset_id, low, high),
+        )
+    )
+
+
+def rows_between(
+    asset_id: str, low: int, high: int, statuses: Sequence[str], limit: int
+) -> list[PartitionState]:
+    """Rows among positions low..high in one of `statuses`, in position order."""
+    return list(
+        PartitionState.select()
+        .where(
+            (PartitionState.asset_id == asset_id)
+            & PartitionState.status.in_(list(statuses))
+            & (PartitionState.position >= low)
+            & (PartitionState.position <= high)
+        )
+        .order_by(PartitionState.position)
+        .limit(limit)
+    )
+
+
+def dynamic_page(
+    asset_id: str, after_position: int, statuses: Sequence[str] | None, limit: int
+) -> list[tuple[int, str, PartitionState | None]]:
+    """Live dynamic keys after a registry position with their state rows (None: never touched)."""
+    status_filter = ""
+    params: list[object] = [asset_id, after_position]
+    if statuses:
+        status_filter = f"AND COALESCE(s.status, 'MISSING') IN ({', '.join(['%s'] * len(statuses))})"
+        params.extend(statuses)
+    params.append(limit)
+    found = sql.rows(
+        "SELECT d.id, d.partition_key, s.partition_key FROM dynamic_partition d "
+        "LEFT JOIN partition_state s ON s.asset_id = d.asset_id AND s.partition_key = d.partition_key "
+        f"WHERE d.asset_id = %s AND d.delete_time IS NULL AND d.id > %s {status_filter} "
+        "ORDER BY d.id LIMIT %s",
+        params,
+    )
+    states = rows_for_keys(asset_id, [key for _, key, touched in found if touched is not None])
+    return [(int(position), key, states.get(key)) for position, key, _ in found]
+
+
+def dynamic_status_counts(asset_id: str) -> tuple[dict[str, int], int]:
+    """Per-status counts over live dynamic keys (never-touched keys count as MISSING) and the total."""
+    rows = sql.rows(
+        "SELECT COALESCE(s.status, 'MISSING'), COUNT(*) FROM dynamic_partition d "
+        "LEFT JOIN partition_state s ON s.asset_id = d.asset_id AND s.partition_key = d.partition_key "
+        "WHERE d.asset_id = %s AND d.delete_time IS NULL GROUP BY 1",
+        (asset_id,),
+    )
+    counts = {status: int(count) for status, count in rows}
+    return counts, sum(counts.values())

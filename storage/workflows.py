@@ -111,3 +111,24 @@ def concurrency_caps() -> dict[str, int]:
         Workflow.max_concurrent_runs > 0
     )
     return {row.slug: row.max_concurrent_runs for row in query}
+
+
+def list_assets(workflow_slug: str, after_asset_id: str, limit: int) -> list[Asset]:
+    query = Asset.select().where(Asset.asset_id > after_asset_id)
+    if workflow_slug:
+        query = query.where(Asset.workflow_slug == workflow_slug)
+    return list(query.order_by(Asset.asset_id).limit(limit))
+
+
+def count_assets(workflow_slug: str) -> int:
+    query = Asset.select()
+    if workflow_slug:
+        query = query.where(Asset.workflow_slug == workflow_slug)
+    return int(query.count())
+
+
+def workflows_mentioning(asset_id: str) -> list[str]:
+    """Slugs of workflows whose stored definition mentions `asset_id` (a superset of its
+    consumers: definitions are JSON text, so callers check the parsed definition)."""
+    candidates = Workflow.select(Workflow.slug).where(Workflow.definition.contains(f'"{asset_id}"'))
+    return [row.slug for row in candidates]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import grpc
-from partita.v1 import asset_pb2, asset_pb2_grpc
+from partita.v1 import asset_pb2, asset_pb2_grpc, workflow_pb2
 
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.idempotency import once
-from server.api.messages import materialization_message
+from server.api.messages import materialization_message, run_message
 from server.api.pagination import PageToken, decode_page_token, page_size, query_fingerprint
 from server.api.pending import with_pending_rpcs
 from server.catalog import WorkflowDefinition
@@ -22,11 +22,12 @@ from server.domain.errors import (
     ViolationCollector,
 )
 from server.domain.names import asset_id_violation
-from server.domain.partitions import DynamicSpec, check_key_syntax
+from server.domain.partitions import DynamicSpec, TimeWindowSpec, check_key_syntax
+from server.partition_views import STATUSES, list_partitions, status_counts, status_of
 from server.results import record_materializations, resolve_result_positions, validated_result_assets
-from storage import dynamic_partitions, materializations
+from storage import dynamic_partitions, events, materializations, workflows
 from storage.events import Outbox
-from storage.models import from_micros, micros
+from storage.models import Materialization, PartitionState, Run, from_micros, micros
 
 MAX_KEYS_PER_REQUEST = 10_000
 
@@ -74,6 +75,47 @@ def check_keys(partition_keys: list[str], field: str) -> None:
             collector.add(f"{field}[{index}]", f"{key!r} is listed twice")
         seen.add(key)
     collector.raise_if_any("invalid partition keys")
+
+
+def summaries(
+    definition: WorkflowDefinition, asset_id: str, entries: list[tuple[str, PartitionState | None]]
+) -> list[asset_pb2.PartitionSummary]:
+    """Inside a transaction: full summaries, loading the page's runs and materializations at once."""
+    run_ids = [s.latest_run_id for _, s in entries if s is not None and s.latest_run_id is not None]
+    materialization_ids = [
+        s.latest_materialization_id for _, s in entries if s is not None and s.latest_materialization_id is not None
+    ]
+    run_rows = {row.id: row for row in Run.select().where(Run.id.in_(run_ids))} if run_ids else {}
+    materialization_rows = (
+        {row.id: row for row in Materialization.select().where(Materialization.id.in_(materialization_ids))}
+        if materialization_ids
+        else {}
+    )
+    spec = definition.spec if asset_id in definition.partitioned_asset_ids else None
+    result = []
+    for key, state in entries:
+        summary = asset_pb2.PartitionSummary(
+            partition_key=key, status=asset_pb2.PartitionStatus.Value(f"PARTITION_STATUS_{status_of(state)}")
+        )
+        if state is not None and state.latest_run_id in run_rows:
+            summary.latest_run.CopyFrom(run_message(run_rows[state.latest_run_id]))
+        if state is not None and state.latest_materialization_id in materialization_rows:
+            summary.latest_materialization.CopyFrom(
+                materialization_message(materialization_rows[state.latest_materialization_id])
+            )
+        if isinstance(spec, TimeWindowSpec) and key:
+            window = spec.window(key)
+            summary.window_start.FromDatetime(window.start)
+            summary.window_end.FromDatetime(window.end)
+        result.append(summary)
+    return result
+
+
+def status_count_messages(counts: dict[str, int]) -> list[asset_pb2.StatusCount]:
+    return [
+        asset_pb2.StatusCount(status=asset_pb2.PartitionStatus.Value(f"PARTITION_STATUS_{status}"), count=counts[status])
+        for status in STATUSES
+    ]
 
 
 @with_pending_rpcs("partita.v1.AssetService")
@@ -159,6 +201,102 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             return asset_pb2.DeleteDynamicPartitionsResponse(deleted_partition_keys=deleted)
 
         return await self.context.store.write(delete, now)
+
+    async def ListPartitions(
+        self, request: asset_pb2.ListPartitionsRequest, context: grpc.aio.ServicerContext
+    ) -> asset_pb2.ListPartitionsResponse:
+        check_asset_id(request.asset_id)
+        limit = page_size(request.page_size, self.context.limits)
+        fingerprint = query_fingerprint(request, "as_of")
+        position = decode_page_token(request.page_token, fingerprint) or {}
+        as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), position.get("as_of"))
+        statuses = []
+        for index, status in enumerate(request.statuses):
+            if status == asset_pb2.PARTITION_STATUS_UNSPECIFIED or status not in asset_pb2.PartitionStatus.values():
+                raise InvalidArgument.for_field(f"statuses[{index}]", f"{status} is not a partition status")
+            statuses.append(asset_pb2.PartitionStatus.Name(status).removeprefix("PARTITION_STATUS_"))
+        cursor = position.get("cursor", {})
+
+        def read() -> asset_pb2.ListPartitionsResponse:
+            head = events.head_sequence()
+            definition = require_producer(self.context, request.asset_id)
+            page = list_partitions(definition, request.asset_id, statuses, as_of, cursor, limit)
+            response = asset_pb2.ListPartitionsResponse(
+                partitions=summaries(definition, request.asset_id, page.entries),
+                status_counts=status_count_messages(page.counts),
+                head_sequence=int(position.get("head", head)),
+                total_size=page.total_matching,
+            )
+            if page.next_cursor is not None:
+                response.next_page_token = PageToken(
+                    {"cursor": page.next_cursor, "as_of": micros(as_of), "head": response.head_sequence}
+                ).encode(fingerprint)
+            return response
+
+        return await self.context.store.read(read)
+
+    async def GetAsset(
+        self, request: asset_pb2.GetAssetRequest, context: grpc.aio.ServicerContext
+    ) -> asset_pb2.GetAssetResponse:
+        check_asset_id(request.asset_id)
+        as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self.context.clock.now()
+
+        def read() -> asset_pb2.GetAssetResponse:
+            definition = require_producer(self.context, request.asset_id)
+            return asset_pb2.GetAssetResponse(asset=self._asset(definition, request.asset_id, as_of))
+
+        return await self.context.store.read(read)
+
+    async def ListAssets(
+        self, request: asset_pb2.ListAssetsRequest, context: grpc.aio.ServicerContext
+    ) -> asset_pb2.ListAssetsResponse:
+        limit = page_size(request.page_size, self.context.limits)
+        fingerprint = query_fingerprint(request)
+        position = decode_page_token(request.page_token, fingerprint) or {}
+        after = str(position.get("after", ""))
+        now = self.context.clock.now()
+
+        def read() -> asset_pb2.ListAssetsResponse:
+            rows = workflows.list_assets(request.workflow_slug, after, limit + 1)
+            response = asset_pb2.ListAssetsResponse(total_size=workflows.count_assets(request.workflow_slug))
+            for row in rows[:limit]:
+                definition = self.context.catalog.workflow(row.workflow_slug)
+                if definition is not None:
+                    response.assets.append(self._asset(definition, row.asset_id, now))
+            if len(rows) > limit:
+                response.next_page_token = PageToken({"after": rows[limit - 1].asset_id}).encode(fingerprint)
+            return response
+
+        return await self.context.store.read(read)
+
+    def _asset(self, definition: WorkflowDefinition, asset_id: str, as_of: datetime) -> asset_pb2.Asset:
+        declaration = next(d for d in definition.message.produces if d.asset_id == asset_id)
+        asset = asset_pb2.Asset(
+            asset_id=asset_id,
+            producer_workflow_slug=definition.slug,
+            upstream=list(definition.message.consumes),
+            status_counts=status_count_messages(status_counts(definition, asset_id, as_of)),
+            description=declaration.description,
+        )
+        if declaration.HasField("partitioning"):
+            asset.partitioning.CopyFrom(declaration.partitioning)
+        if declaration.HasField("freshness_policy"):
+            asset.freshness_policy.CopyFrom(declaration.freshness_policy)
+        for slug in workflows.workflows_mentioning(asset_id):
+            reader = self.context.catalog.workflow(slug)
+            if reader is None:
+                continue
+            for dependency in reader.message.consumes:
+                if dependency.asset_id != asset_id:
+                    continue
+                for produced in reader.produced_asset_ids:
+                    asset.downstream.append(
+                        workflow_pb2.AssetDependency(asset_id=produced, partition_mapping=dependency.partition_mapping)
+                    )
+        latest = materializations.latest_of_asset(asset_id)
+        if latest is not None:
+            asset.latest_materialization.CopyFrom(materialization_message(latest))
+        return asset
 
     def _dynamic_spec(self, asset_id: str) -> DynamicSpec:
         definition = require_producer(self.context, asset_id)
