@@ -288,6 +288,18 @@ SPECS: list[tuple[str, str, dict[str, Any], str]] = [
         "2025-01-01T00:00:00+00:00",
     ),
     (
+        "cron_every_30min_1_to_3_ny_fall",
+        "TimeWindowPartitionsDefinition",
+        {
+            "cron_schedule": "*/30 1-3 * * *",
+            "fmt": "%Y-%m-%d-%H:%M",
+            "start": "2024-11-01-00:00",
+            "end": "2024-11-05-00:00",
+            "timezone": NY,
+        },
+        "2025-01-01T00:00:00+00:00",
+    ),
+    (
         "cron_quarterly_utc",
         "TimeWindowPartitionsDefinition",
         {"cron_schedule": "0 0 1 */3 *", "fmt": "%Y-%m-%d", "start": "2015-01-01"},
@@ -453,9 +465,12 @@ def main() -> None:
         pd = _build(preset, args)
         now = datetime.fromisoformat(now_text)
         keys = list(pd.get_partition_keys(current_time=now))
+        # Windows from the same iteration get_partition_keys walks: time_window_for_partition_key
+        # re-parses each key and picks the wrong window when several ticks share a repeated hour.
+        iterator = iter(pd._iterate_time_windows(pd.start_timestamp))
         windows = []
         for key in keys:
-            window = pd.time_window_for_partition_key(key)
+            window = next(iterator)
             windows.append({"key": key, "start": window.start.isoformat(), "end": window.end.isoformat()})
         specs.append(
             {

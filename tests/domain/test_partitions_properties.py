@@ -43,6 +43,8 @@ SCHEDULES: list[tuple[dict[str, Any], int]] = [
     ({"cron_schedule": "0 9 * * 1-5"}, DAY),
     ({"cron_schedule": "30 2 * * *", "fmt": "%Y-%m-%d-%H:%M"}, DAY),
     ({"cron_schedule": "0 0 L * *"}, 30 * DAY),
+    ({"cron_schedule": "*/30 1-3 * * *"}, 2 * HOUR),
+    ({"cron_schedule": "0 * * * 0"}, HOUR),
     ({"schedule_type": "HOURLY", "fmt": "%Y%m%d%H"}, HOUR),
     ({"schedule_type": "DAILY", "fmt": "%Y/%m/%d"}, DAY),
 ]

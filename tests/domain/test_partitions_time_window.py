@@ -359,6 +359,20 @@ def test_tick_in_gap_moves_to_gap_end_and_ambiguous_daily_fires_second() -> None
     assert window.start.isoformat() == "2024-11-03T01:30:00-05:00"
 
 
+def test_several_ticks_in_a_repeated_hour_keep_their_keys() -> None:
+    """Single-occurrence crons fire at the second 01:00 and 01:30; both keys must validate."""
+    spec = TimeWindowSpec.create(
+        cron_schedule="*/30 1-3 * * *", start="2024-11-03", end="2024-11-04", timezone=NY
+    )
+    keys = list(spec.keys(NOW))
+    assert (
+        keys == [f"2024-11-03-0{h}:{m}" for h in (1, 2, 3) for m in ("00", "30")][:-1]
+    )  # 03:30 ends next day
+    for key in keys:
+        assert spec.window(key).start.utcoffset() == timedelta(hours=-5)
+        spec.validate_key(key, NOW)
+
+
 def test_half_hour_zone_keys() -> None:
     spec = TimeWindowSpec.create(schedule_type="HOURLY", start="2024-01-01-00:00", timezone="Asia/Kathmandu")
     assert spec.keys_page(0, 2, NOW) == ["2024-01-01-00:00", "2024-01-01-01:00"]

@@ -76,23 +76,38 @@ class KeyFormat:
         `lenient` always uses strptime (which also accepts e.g. unpadded numbers); without it the
         fast path may reject text strptime would take, which is fine for key membership.
         """
+        candidates = self.parse_candidates(text, lenient=lenient)
+        return candidates[0] if candidates else None
+
+    def parse_candidates(self, text: str, *, lenient: bool = False) -> tuple[float, ...]:
+        """Every instant `text` can denote: (first occurrence, second occurrence) for a repeated
+        wall time, (read with the offset before, with the offset after) for a skipped one, a
+        single instant otherwise; empty when it does not parse. The first is Dagster's reading."""
+        moment = self._parse_moment(text, lenient)
+        if moment is None:
+            return ()
+        try:
+            if moment.tzinfo is not None:
+                return (moment.timestamp(),)
+            first = moment.replace(tzinfo=self.zone, fold=0).timestamp()
+            second = moment.replace(tzinfo=self.zone, fold=1).timestamp()
+        except (OverflowError, ValueError):
+            return ()
+        return (first,) if first == second else (first, second)
+
+    def _parse_moment(self, text: str, lenient: bool) -> datetime | None:
+        """A naive wall time, or an aware datetime when the text carries an offset."""
         if self._fast is not None and not lenient:
             return self._parse_fast(text)
         try:
-            parsed = datetime.strptime(text, self.fmt)
+            return datetime.strptime(text, self.fmt)
         except ValueError:
             try:
-                parsed = datetime.strptime(text, self._fallback_fmt)
+                return datetime.strptime(text, self._fallback_fmt)
             except ValueError:
                 return None
-        try:
-            if parsed.tzinfo is not None:
-                return parsed.timestamp()
-            return parsed.replace(tzinfo=self.zone, fold=0).timestamp()
-        except (OverflowError, ValueError):
-            return None
 
-    def _parse_fast(self, text: str) -> float | None:
+    def _parse_fast(self, text: str) -> datetime | None:
         assert self._fast is not None
         pattern, fields = self._fast
         match = pattern.match(text)
@@ -104,14 +119,12 @@ class KeyFormat:
             values[name] = int(value)
         sign = groups[len(fields)]
         try:
-            if sign is None:
-                zone: tzinfo = self.zone
-            else:
+            zone: tzinfo | None = None
+            if sign is not None:
                 seconds = int(groups[-3]) * 3600 + int(groups[-2]) * 60 + int(groups[-1] or 0)
                 zone = timezone(timedelta(seconds=-seconds if sign == "-" else seconds))
-            moment = datetime(
+            return datetime(
                 values["Y"], values["m"], values["d"], values["H"], values["M"], values["S"], tzinfo=zone
             )
-            return moment.timestamp()
         except (OverflowError, ValueError):
             return None

@@ -402,22 +402,16 @@ class TimeWindowSpec:
     def _tick_for_key(self, key: str, field: str) -> int:
         """The window start `key` names, if `key` is exactly an aligned key (any index)."""
         check_key_syntax(key, field)
-        parsed = self._format.parse(key)
-        if parsed is None:
+        candidates = self._format.parse_candidates(key)
+        if not candidates:
             raise InvalidArgument.for_field(
                 field,
                 f"{quote_key(key)} does not match the partition key format {self.fmt!r} "
                 f"(e.g. {self._key_at(0)!r})",
             )
-        schedule = self._schedule
-        try:
-            tick = schedule.ceil(math.ceil(parsed))
-        except BeyondRange:
-            raise InvalidArgument.for_field(
-                field, f"{quote_key(key)} is outside the supported range"
-            ) from None
-        if self._key_of_tick(tick) != key:
-            raise InvalidArgument.for_field(field, self._misaligned(key, parsed))
+        tick = _tick_named(self._schedule, self._format, key, candidates)
+        if tick is None:
+            raise InvalidArgument.for_field(field, self._misaligned(key, candidates[0]))
         return tick
 
     def _misaligned(self, key: str, parsed: float) -> str:
@@ -598,6 +592,22 @@ def _create_cached(
     )
 
 
+def _tick_named(
+    schedule: TickSchedule, key_format: KeyFormat, key: str, candidates: tuple[float, ...]
+) -> int | None:
+    """The tick whose key is `key`: the first tick at or after one of the instants the key can
+    denote (a key may name a wall time that repeats, e.g. a daily 01:30 tick fires at the
+    second 01:30), provided it formats back to exactly `key`."""
+    for candidate in candidates:
+        try:
+            tick = schedule.ceil(math.ceil(candidate))
+        except BeyondRange:
+            continue
+        if key_format.format(tick, schedule.is_second_occurrence(tick)) == key:
+            return tick
+    return None
+
+
 def _safe_tick(schedule: TickSchedule, n: int) -> int | None:
     try:
         return schedule.tick_at(n)
@@ -746,11 +756,13 @@ def _round_trip_problem(schedule: TickSchedule, key_format: KeyFormat, base: int
         problem = key_syntax_problem(key)
         if problem is not None:
             return f"produces keys that are not valid partition keys: {quote_key(key)} {problem}"
-        parsed = key_format.parse(key)
-        if parsed is None:
+        candidates = key_format.parse_candidates(key)
+        if not candidates:
             return f"produces keys that do not parse back with {key_format.fmt!r}, e.g. {quote_key(key)}"
-        back = schedule.ceil(math.ceil(parsed))
+        back = _tick_named(schedule, key_format, key, candidates)
         if back != tick:
+            if back is None:
+                back = schedule.ceil(math.ceil(candidates[0]))
             zone_name = zone.name
             return (
                 f"{key_format.fmt!r} is not precise enough for cron {schedule.rule.expression!r}: "
