@@ -80,14 +80,30 @@ def record_materialization(
 
 
 def rebuild_state() -> None:
-    """Derives the whole table from runs and materializations (runs count for the assets their
-    workflow produces now). The incremental updates above must always agree with it."""
-    sql.execute("DELETE FROM partition_state")
+    """Derives the whole table from runs and materializations (a run counts for the assets its
+    workflow produces now). The incremental updates above must always agree with it, up to
+    `position` and `update_time`; a randomized test compares them."""
+    _rebuild("", (), "0")
+
+
+def rebuild_slice(asset_id: str, partition_key: str, position: int) -> None:
+    """Re-derives one slice's row from history (removing it when the slice has none)."""
+    _rebuild("WHERE s.asset_id = %s AND s.partition_key = %s", (asset_id, partition_key), str(int(position)))
+    sql.execute(
+        "DELETE FROM partition_state WHERE asset_id = %s AND partition_key = %s AND latest_run_id IS NULL "
+        "AND latest_materialization_id IS NULL",
+        (asset_id, partition_key),
+    )
+
+
+def _rebuild(slice_filter: str, params: Sequence[object], position: str) -> None:
+    delete_filter = slice_filter.replace("s.", "")
+    sql.execute(f"DELETE FROM partition_state {delete_filter}", params)
     sql.execute(
         "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
         "in_flight_run_id, latest_materialization_id, latest_materialization_time, latest_failure_time, "
         "update_time) "
-        "SELECT s.asset_id, s.partition_key, 0, 'MISSING', "
+        f"SELECT s.asset_id, s.partition_key, {position}, 'MISSING', "
         "(SELECT MAX(r.id) FROM run r WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = s.partition_key), "
         "(SELECT MAX(r.id) FROM run r WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = s.partition_key "
         "  AND r.state IN ('QUEUED', 'RUNNING')), "
@@ -98,15 +114,19 @@ def rebuild_state() -> None:
         "  AND r.partition_key = s.partition_key AND r.state = 'FAILED'), 0 "
         "FROM (SELECT a2.asset_id, r2.partition_key FROM run r2 JOIN asset a2 ON a2.workflow_slug = r2.workflow_slug "
         "      UNION SELECT m2.asset_id, m2.partition_key FROM materialization m2) s "
-        "JOIN asset a ON a.asset_id = s.asset_id"
+        f"JOIN asset a ON a.asset_id = s.asset_id {slice_filter}",
+        params,
     )
     sql.execute(
         "UPDATE partition_state SET latest_materialization_time = "
-        "(SELECT m.create_time FROM materialization m WHERE m.id = partition_state.latest_materialization_id)"
+        "(SELECT m.create_time FROM materialization m WHERE m.id = partition_state.latest_materialization_id) "
+        f"{delete_filter}",
+        params,
     )
     sql.execute(
         f"UPDATE partition_state SET status = CASE WHEN in_flight_run_id IS NOT NULL THEN 'IN_PROGRESS' "
-        f"ELSE {_SETTLED_STATUS} END"
+        f"ELSE {_SETTLED_STATUS} END {delete_filter}",
+        params,
     )
 
 
