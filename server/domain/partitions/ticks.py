@@ -14,12 +14,17 @@ expands to "*"):
   inside a gap fires at the end of the gap (the transition instant), and several matches inside
   one gap fire once.
 
-Dagster applies these rules only when the affected wall time falls in local hours 1-3 and
-assumes whole-hour transitions; we apply them at any hour (zones whose transitions happen at
-midnight, such as America/Santiago, or Pacific/Chatham's 02:45 shift, can differ for crons that
-fire inside the gap or the repeated hour). Hourly ticks are computed on *local* minutes in every
-zone (Dagster uses UTC minutes unless the zone's offset is fractional *today*, which makes
-Australia/Lord_Howe's hourly keys drift to ``:30``).
+Dagster faults we do not copy (its results differ only in these cases):
+
+* it applies the gap/overlap adjustments only when the wall time falls in local hours 1-3, so
+  crons firing inside a midnight transition (America/Santiago, America/Havana, Atlantic/Azores,
+  Africa/Cairo, Asia/Beirut) get the first occurrence / an unadjusted skipped time;
+* it moves a skipped tick by `dst()` from the top of the hour, which is wrong for transitions
+  not on the hour (Pacific/Chatham 02:45) and for zones with negative DST (Europe/Dublin,
+  Africa/Casablanca) — we always use the transition instant;
+* hourly ticks use UTC minutes unless the zone's offset is fractional *today*, which makes
+  Australia/Lord_Howe's hourly keys drift to ``:30`` (and would shift historical fractional
+  offsets); we use local minutes everywhere.
 
 Arithmetic: the zone is split into offset-stable stretches (`zones.Zone`). Inside stretch i
 (instants [A, B), offset o) the ticks are the cron's wall matches in a wall interval

@@ -31,6 +31,9 @@ Creation validates everything and reports every bad field at once (field paths s
 * MONTHLY day_offset must be 1-28 (0 or unset means 1); WEEKLY 0-6 (Sunday = 0).
 * start must be on or after 1900-01-01 and end before 9000-01-01; end must leave room for
   at least one complete window after start. "now" is clamped to before 9000-01-01.
+* A key naming a repeated wall time matches the tick at either occurrence (Dagster's
+  `time_window_for_partition_key` reads only the first, so for e.g. ``*/30 1-3 * * *`` it maps
+  the listed key ``2024-11-03-01:30`` — which starts at the second 01:30 — to the wrong window).
 """
 
 from __future__ import annotations
