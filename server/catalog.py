@@ -12,8 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 from google.protobuf import json_format
-from partita.v1 import workflow_pb2
 
+from partita.v1 import workflow_pb2
 from server.api import convert
 from server.domain.partitions import PartitionSpec
 from server.domain.retry import RetryPolicy

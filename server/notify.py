@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 
@@ -24,10 +25,8 @@ class WorkSignal:
         finally:
             if not waiter.done():
                 waiter.cancel()
-            try:
+            with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-            except ValueError:
-                pass
 
     def notify(self, count: int = 1) -> None:
         while count > 0 and self._waiters:

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf import json_format
-from partita.v1 import asset_pb2
 
+from partita.v1 import asset_pb2
 from server import keys
 from server.api import convert
 from server.catalog import WorkflowDefinition

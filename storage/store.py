@@ -62,6 +62,11 @@ class Store:
             return self.db.atomic("IMMEDIATE")
         return self.db.atomic()
 
+    def run_plain_transaction(self, fn: Callable[[], T]) -> T:
+        """Runs `fn` in one write transaction on the calling thread (offline tools)."""
+        with self.transaction():
+            return fn()
+
     def run_write(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, list[int]]:
         """Runs `fn` in one write transaction on the calling thread; the events it adds to
         its outbox are appended last, in the same transaction. Returns the result and the

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from partita.v1 import asset_pb2_grpc, backfill_pb2_grpc, run_pb2_grpc, worker_pb2_grpc, workflow_pb2_grpc
 
+from partita.v1 import asset_pb2_grpc, backfill_pb2_grpc, run_pb2_grpc, worker_pb2_grpc, workflow_pb2_grpc
 from tests.harness import (
     POSTGRES_URL_ENV,
     RunningServer,

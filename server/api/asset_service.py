@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from partita.v1 import asset_pb2, asset_pb2_grpc, workflow_pb2
 
+from partita.v1 import asset_pb2, asset_pb2_grpc, workflow_pb2
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.idempotency import once
@@ -83,7 +83,9 @@ def summaries(
     """Inside a transaction: full summaries, loading the page's runs and materializations at once."""
     run_ids = [s.latest_run_id for _, s in entries if s is not None and s.latest_run_id is not None]
     materialization_ids = [
-        s.latest_materialization_id for _, s in entries if s is not None and s.latest_materialization_id is not None
+        s.latest_materialization_id
+        for _, s in entries
+        if s is not None and s.latest_materialization_id is not None
     ]
     run_rows = {row.id: row for row in Run.select().where(Run.id.in_(run_ids))} if run_ids else {}
     materialization_rows = (
@@ -113,7 +115,9 @@ def summaries(
 
 def status_count_messages(counts: dict[str, int]) -> list[asset_pb2.StatusCount]:
     return [
-        asset_pb2.StatusCount(status=asset_pb2.PartitionStatus.Value(f"PARTITION_STATUS_{status}"), count=counts[status])
+        asset_pb2.StatusCount(
+            status=asset_pb2.PartitionStatus.Value(f"PARTITION_STATUS_{status}"), count=counts[status]
+        )
         for status in STATUSES
     ]
 
@@ -212,7 +216,10 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), position.get("as_of"))
         statuses = []
         for index, status in enumerate(request.statuses):
-            if status == asset_pb2.PARTITION_STATUS_UNSPECIFIED or status not in asset_pb2.PartitionStatus.values():
+            if (
+                status == asset_pb2.PARTITION_STATUS_UNSPECIFIED
+                or status not in asset_pb2.PartitionStatus.values()
+            ):
                 raise InvalidArgument.for_field(f"statuses[{index}]", f"{status} is not a partition status")
             statuses.append(asset_pb2.PartitionStatus.Name(status).removeprefix("PARTITION_STATUS_"))
         cursor = position.get("cursor", {})
@@ -239,7 +246,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         self, request: asset_pb2.GetAssetRequest, context: grpc.aio.ServicerContext
     ) -> asset_pb2.GetAssetResponse:
         check_asset_id(request.asset_id)
-        as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self.context.clock.now()
+        as_of = (
+            request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self.context.clock.now()
+        )
 
         def read() -> asset_pb2.GetAssetResponse:
             definition = require_producer(self.context, request.asset_id)
@@ -291,7 +300,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
                     continue
                 for produced in reader.produced_asset_ids:
                     asset.downstream.append(
-                        workflow_pb2.AssetDependency(asset_id=produced, partition_mapping=dependency.partition_mapping)
+                        workflow_pb2.AssetDependency(
+                            asset_id=produced, partition_mapping=dependency.partition_mapping
+                        )
                     )
         latest = materializations.latest_of_asset(asset_id)
         if latest is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from partita.v1 import backfill_pb2_grpc
-
 from server.api.context import ServiceContext
 from server.api.pending import with_pending_rpcs
 

@@ -11,8 +11,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
-from partita.v1 import partitions_pb2, workflow_pb2
 
+from partita.v1 import partitions_pb2, workflow_pb2
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.partitions import DynamicSpec, PartitionSpec, StaticSpec, TimeWindowSpec
 from server.domain.retry import RetryPolicy, resolve_retry_policy

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from google.protobuf import json_format
-from partita.v1 import asset_pb2, run_pb2
 
+from partita.v1 import asset_pb2, run_pb2
 from server.api import convert
 from storage.models import Materialization, Run, RunEvent
 
@@ -47,9 +47,12 @@ def materialization_message(row: Materialization) -> asset_pb2.Materialization:
         asset_id=row.asset_id,
         partition_key=row.partition_key,
         run_id=str(row.run_id) if row.run_id is not None else "",
-        artifacts=[json_format.ParseDict(item, asset_pb2.Artifact()) for item in json.loads(row.artifacts or "[]")],
+        artifacts=[
+            json_format.ParseDict(item, asset_pb2.Artifact()) for item in json.loads(row.artifacts or "[]")
+        ],
         inputs=[
-            json_format.ParseDict(item, asset_pb2.MaterializationInput()) for item in json.loads(row.inputs or "[]")
+            json_format.ParseDict(item, asset_pb2.MaterializationInput())
+            for item in json.loads(row.inputs or "[]")
         ],
     )
     json_format.Parse(row.payload or "{}", message.payload)

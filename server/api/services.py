@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from partita.v1 import asset_pb2_grpc, backfill_pb2_grpc, run_pb2_grpc, worker_pb2_grpc, workflow_pb2_grpc
 
+from partita.v1 import asset_pb2_grpc, backfill_pb2_grpc, run_pb2_grpc, worker_pb2_grpc, workflow_pb2_grpc
 from server.api.asset_service import AssetServicer
 from server.api.backfill_service import BackfillServicer
 from server.api.context import ServiceContext

@@ -8,8 +8,8 @@ import logging
 from datetime import timedelta
 
 import grpc
-from partita.v1 import asset_pb2, worker_pb2, worker_pb2_grpc
 
+from partita.v1 import asset_pb2, worker_pb2, worker_pb2_grpc
 from server import lifecycle
 from server.api import convert
 from server.api.context import ServiceContext
@@ -74,7 +74,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         while True:
             now = self.context.clock.now()
             lease = await self.context.store.write(
-                lambda outbox: lifecycle.claim_tx(outbox, request.worker_id, slugs, lease_duration, now),
+                lambda outbox, now=now: lifecycle.claim_tx(
+                    outbox, request.worker_id, slugs, lease_duration, now
+                ),
                 micros(now),
             )
             if lease is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
 
+from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.idempotency import once

@@ -5,6 +5,7 @@ running under that lease, so replicas reaping at once cannot double-fail an atte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from server import lifecycle
@@ -23,13 +24,11 @@ async def run_reaper(
         try:
             now = context.clock.now()
             ended = await context.store.write(
-                lambda outbox: lifecycle.reap_tx(outbox, context.catalog, now), micros(now)
+                lambda outbox, now=now: lifecycle.reap_tx(outbox, context.catalog, now), micros(now)
             )
             if ended:
                 context.work.notify(ended)
         except Exception:
             log.exception("lease reaper pass failed; retrying")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval)
-        except TimeoutError:
-            pass

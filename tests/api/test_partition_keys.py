@@ -7,7 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from partita.v1 import asset_pb2, asset_pb2_grpc, partitions_pb2, run_pb2, run_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+from partita.v1 import (
+    asset_pb2,
+    asset_pb2_grpc,
+    partitions_pb2,
+    run_pb2,
+    run_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from tests.harness import RunningServer
 from tests.rpc import expect_error
 
@@ -20,7 +28,8 @@ def register(
     stub.RegisterWorkflow(
         workflow_pb2.RegisterWorkflowRequest(
             workflow=workflow_pb2.Workflow(
-                slug=slug, produces=[workflow_pb2.AssetDeclaration(asset_id=f"{slug}/out", partitioning=partitioning)]
+                slug=slug,
+                produces=[workflow_pb2.AssetDeclaration(asset_id=f"{slug}/out", partitioning=partitioning)],
             )
         )
     )
@@ -67,7 +76,13 @@ def test_time_window_keys_as_of(
 def test_static_keys_keep_definition_order(
     workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, asset_stub: asset_pb2_grpc.AssetServiceStub
 ) -> None:
-    register(workflow_stub, "regions", partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=["us", "eu", "apac"])))
+    register(
+        workflow_stub,
+        "regions",
+        partitions_pb2.PartitionsDefinition(
+            static=partitions_pb2.StaticPartitions(keys=["us", "eu", "apac"])
+        ),
+    )
     assert all_keys(asset_stub, "regions/out", page_size=1) == (["us", "eu", "apac"], 3)
     failure = expect_error(
         workflow_stub.RegisterWorkflow,
@@ -103,26 +118,40 @@ def test_dynamic_keys_tombstones_and_revival(
     )
     register(workflow_stub, "customers", dynamic)
     assert all_keys(asset_stub, "customers/out") == (["cust-1"], 1)
-    added = asset_stub.AddDynamicPartitions(asset_pb2.AddDynamicPartitionsRequest(asset_id="customers/out", partition_keys=["cust-2", "cust-1"]))
+    added = asset_stub.AddDynamicPartitions(
+        asset_pb2.AddDynamicPartitionsRequest(asset_id="customers/out", partition_keys=["cust-2", "cust-1"])
+    )
     assert list(added.added_partition_keys) == ["cust-2"]
     # A key matching the pattern registers on first use, in the run's transaction.
     run_stub.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="customers", partition_key="cust-3"))
     assert all_keys(asset_stub, "customers/out")[0] == ["cust-1", "cust-2", "cust-3"]
     # The cap counts live keys.
     failure = expect_error(
-        run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug="customers", partition_key="cust-4"), grpc.StatusCode.RESOURCE_EXHAUSTED
+        run_stub.EnqueueRun,
+        run_pb2.EnqueueRunRequest(workflow_slug="customers", partition_key="cust-4"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
     assert failure.reason == "DYNAMIC_KEY_LIMIT"
     expect_error(
-        run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug="customers", partition_key="other"), INVALID
+        run_stub.EnqueueRun,
+        run_pb2.EnqueueRunRequest(workflow_slug="customers", partition_key="other"),
+        INVALID,
     )
-    deleted = asset_stub.DeleteDynamicPartitions(asset_pb2.DeleteDynamicPartitionsRequest(asset_id="customers/out", partition_keys=["cust-2", "nope"]))
+    deleted = asset_stub.DeleteDynamicPartitions(
+        asset_pb2.DeleteDynamicPartitionsRequest(asset_id="customers/out", partition_keys=["cust-2", "nope"])
+    )
     assert list(deleted.deleted_partition_keys) == ["cust-2"]
     assert all_keys(asset_stub, "customers/out") == (["cust-1", "cust-3"], 2)
     # EnqueueRun never revives a tombstone; AddDynamicPartitions does, keeping its first-add position.
-    failure = expect_error(run_stub.EnqueueRun, run_pb2.EnqueueRunRequest(workflow_slug="customers", partition_key="cust-2"), INVALID)
+    failure = expect_error(
+        run_stub.EnqueueRun,
+        run_pb2.EnqueueRunRequest(workflow_slug="customers", partition_key="cust-2"),
+        INVALID,
+    )
     assert failure.reason == "PARTITION_KEY_DELETED"
-    asset_stub.AddDynamicPartitions(asset_pb2.AddDynamicPartitionsRequest(asset_id="customers/out", partition_keys=["cust-2"]))
+    asset_stub.AddDynamicPartitions(
+        asset_pb2.AddDynamicPartitionsRequest(asset_id="customers/out", partition_keys=["cust-2"])
+    )
     assert all_keys(asset_stub, "customers/out")[0] == ["cust-1", "cust-2", "cust-3"]
     # All or nothing: one bad key rejects the whole call.
     failure = expect_error(
@@ -135,13 +164,21 @@ def test_dynamic_keys_tombstones_and_revival(
 
 
 def test_concurrent_adds_of_one_key_register_it_once(
-    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, asset_stub: asset_pb2_grpc.AssetServiceStub, server: RunningServer
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    asset_stub: asset_pb2_grpc.AssetServiceStub,
+    server: RunningServer,
 ) -> None:
-    register(workflow_stub, "files", partitions_pb2.PartitionsDefinition(dynamic=partitions_pb2.DynamicPartitions()))
+    register(
+        workflow_stub,
+        "files",
+        partitions_pb2.PartitionsDefinition(dynamic=partitions_pb2.DynamicPartitions()),
+    )
 
     def add(_: int) -> None:
         stub = asset_pb2_grpc.AssetServiceStub(server.new_channel())
-        stub.AddDynamicPartitions(asset_pb2.AddDynamicPartitionsRequest(asset_id="files/out", partition_keys=["a.csv"]))
+        stub.AddDynamicPartitions(
+            asset_pb2.AddDynamicPartitionsRequest(asset_id="files/out", partition_keys=["a.csv"])
+        )
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(add, range(16)))
@@ -151,12 +188,18 @@ def test_concurrent_adds_of_one_key_register_it_once(
 def test_dynamic_rpcs_on_other_assets(
     workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, asset_stub: asset_pb2_grpc.AssetServiceStub
 ) -> None:
-    register(workflow_stub, "regions", partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=["us"])))
+    register(
+        workflow_stub,
+        "regions",
+        partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=["us"])),
+    )
     expect_error(
         asset_stub.AddDynamicPartitions,
         asset_pb2.AddDynamicPartitionsRequest(asset_id="regions/out", partition_keys=["x"]),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     expect_error(
-        asset_stub.ListPartitionKeys, asset_pb2.ListPartitionKeysRequest(asset_id="ghost/out"), grpc.StatusCode.NOT_FOUND
+        asset_stub.ListPartitionKeys,
+        asset_pb2.ListPartitionKeysRequest(asset_id="ghost/out"),
+        grpc.StatusCode.NOT_FOUND,
     )

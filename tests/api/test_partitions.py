@@ -39,7 +39,9 @@ def register(
         consumes=[workflow_pb2.AssetDependency(asset_id=asset_id) for asset_id in consumes],
         retry_policy=workflow_pb2.RetryPolicy(max_attempts=1),
     )
-    stub.RegisterWorkflow(workflow_pb2.RegisterWorkflowRequest(workflow=wf, allow_partitioning_change=allow_change))
+    stub.RegisterWorkflow(
+        workflow_pb2.RegisterWorkflowRequest(workflow=wf, allow_partitioning_change=allow_change)
+    )
 
 
 class Driver:
@@ -57,21 +59,29 @@ class Driver:
 
     def succeed(self, slug: str, key: str) -> None:
         claimed = self.claim(slug, key)
-        self.workers.CompleteRun(worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id))
+        self.workers.CompleteRun(
+            worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id)
+        )
 
     def fail(self, slug: str, key: str) -> None:
         claimed = self.claim(slug, key)
         self.workers.FailRun(
-            worker_pb2.FailRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id, error_message="x", retryable=False)
+            worker_pb2.FailRunRequest(
+                run_id=claimed.run.id, lease_id=claimed.lease_id, error_message="x", retryable=False
+            )
         )
 
 
-def statuses(stub: asset_pb2_grpc.AssetServiceStub, asset_id: str, *filters: int, **fields: object) -> list[tuple[str, int]]:
+def statuses(
+    stub: asset_pb2_grpc.AssetServiceStub, asset_id: str, *filters: int, **fields: object
+) -> list[tuple[str, int]]:
     result = []
     token = ""
     while True:
         page = stub.ListPartitions(
-            asset_pb2.ListPartitionsRequest(asset_id=asset_id, statuses=list(filters), page_token=token, **fields)  # type: ignore[arg-type]
+            asset_pb2.ListPartitionsRequest(
+                asset_id=asset_id, statuses=list(filters), page_token=token, **fields
+            )  # type: ignore[arg-type]
         )
         result.extend((p.partition_key, p.status) for p in page.partitions)
         token = page.next_page_token
@@ -92,7 +102,9 @@ def test_static_statuses_counts_and_filters(
 ) -> None:
     register(workflow_stub, "regions", static("us", "eu", "apac", "latam", "mea"))
     driver = Driver(run_stub, worker_stub)
-    assert statuses(asset_stub, "regions/out") == [(k, S.PARTITION_STATUS_MISSING) for k in ("us", "eu", "apac", "latam", "mea")]
+    assert statuses(asset_stub, "regions/out") == [
+        (k, S.PARTITION_STATUS_MISSING) for k in ("us", "eu", "apac", "latam", "mea")
+    ]
     driver.succeed("regions", "eu")
     driver.fail("regions", "apac")
     run_stub.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="regions", partition_key="mea"))
@@ -114,16 +126,28 @@ def test_static_statuses_counts_and_filters(
         ("us", S.PARTITION_STATUS_MISSING),
         ("latam", S.PARTITION_STATUS_MISSING),
     ]
-    assert statuses(asset_stub, "regions/out", S.PARTITION_STATUS_FAILED, S.PARTITION_STATUS_IN_PROGRESS, page_size=1) == [
+    assert statuses(
+        asset_stub, "regions/out", S.PARTITION_STATUS_FAILED, S.PARTITION_STATUS_IN_PROGRESS, page_size=1
+    ) == [
         ("apac", S.PARTITION_STATUS_FAILED),
         ("mea", S.PARTITION_STATUS_IN_PROGRESS),
     ]
-    page = asset_stub.ListPartitions(asset_pb2.ListPartitionsRequest(asset_id="regions/out", statuses=[S.PARTITION_STATUS_MISSING]))
+    page = asset_stub.ListPartitions(
+        asset_pb2.ListPartitionsRequest(asset_id="regions/out", statuses=[S.PARTITION_STATUS_MISSING])
+    )
     assert page.total_size == 2
-    eu = next(p for p in asset_stub.ListPartitions(asset_pb2.ListPartitionsRequest(asset_id="regions/out")).partitions if p.partition_key == "eu")
+    eu = next(
+        p
+        for p in asset_stub.ListPartitions(asset_pb2.ListPartitionsRequest(asset_id="regions/out")).partitions
+        if p.partition_key == "eu"
+    )
     assert eu.latest_run.state == run_pb2.RUN_STATE_SUCCEEDED
     assert eu.latest_materialization.partition_key == "eu"
-    expect_error(asset_stub.ListPartitions, asset_pb2.ListPartitionsRequest(asset_id="regions/out", statuses=[0]), INVALID)
+    expect_error(
+        asset_stub.ListPartitions,
+        asset_pb2.ListPartitionsRequest(asset_id="regions/out", statuses=[0]),
+        INVALID,
+    )
 
 
 def test_recency_decides_failed_or_materialized(
@@ -138,12 +162,20 @@ def test_recency_decides_failed_or_materialized(
     driver.fail("regions", "us")
     assert statuses(asset_stub, "regions/out")[0] == ("us", S.PARTITION_STATUS_FAILED)
     asset_stub.ReportMaterializations(
-        asset_pb2.ReportMaterializationsRequest(materializations=[asset_pb2.ResultAsset(asset_id="regions/out", partition_key="us")])
+        asset_pb2.ReportMaterializationsRequest(
+            materializations=[asset_pb2.ResultAsset(asset_id="regions/out", partition_key="us")]
+        )
     )
-    assert statuses(asset_stub, "regions/out") == [("us", S.PARTITION_STATUS_MATERIALIZED), ("eu", S.PARTITION_STATUS_MISSING)]
+    assert statuses(asset_stub, "regions/out") == [
+        ("us", S.PARTITION_STATUS_MATERIALIZED),
+        ("eu", S.PARTITION_STATUS_MISSING),
+    ]
     # A newer run supersedes; the other key is untouched.
     run_stub.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="regions", partition_key="us"))
-    assert statuses(asset_stub, "regions/out") == [("us", S.PARTITION_STATUS_IN_PROGRESS), ("eu", S.PARTITION_STATUS_MISSING)]
+    assert statuses(asset_stub, "regions/out") == [
+        ("us", S.PARTITION_STATUS_IN_PROGRESS),
+        ("eu", S.PARTITION_STATUS_MISSING),
+    ]
 
 
 def test_time_window_counts_include_keys_never_run(
@@ -153,7 +185,9 @@ def test_time_window_counts_include_keys_never_run(
     worker_stub: worker_pb2_grpc.WorkerServiceStub,
 ) -> None:
     daily = partitions_pb2.PartitionsDefinition(
-        time_window=partitions_pb2.TimeWindowPartitions(schedule_type=partitions_pb2.SCHEDULE_TYPE_DAILY, start="2024-01-01")
+        time_window=partitions_pb2.TimeWindowPartitions(
+            schedule_type=partitions_pb2.SCHEDULE_TYPE_DAILY, start="2024-01-01"
+        )
     )
     register(workflow_stub, "daily", daily)
     Driver(run_stub, worker_stub).succeed("daily", "2024-01-03")
@@ -170,7 +204,9 @@ def test_time_window_counts_include_keys_never_run(
     assert listed[2] == ("2024-01-03", S.PARTITION_STATUS_MATERIALIZED)
     missing = statuses(asset_stub, "daily/out", S.PARTITION_STATUS_MISSING, as_of=as_of, page_size=4)
     assert len(missing) == 9 and "2024-01-03" not in dict(missing)
-    page = asset_stub.ListPartitions(asset_pb2.ListPartitionsRequest(asset_id="daily/out", as_of=as_of, page_size=1))
+    page = asset_stub.ListPartitions(
+        asset_pb2.ListPartitionsRequest(asset_id="daily/out", as_of=as_of, page_size=1)
+    )
     assert page.partitions[0].window_start.ToJsonString() == "2024-01-01T00:00:00Z"
     assert page.partitions[0].window_end.ToJsonString() == "2024-01-02T00:00:00Z"
 
@@ -181,19 +217,30 @@ def test_dynamic_and_unpartitioned_assets(
     run_stub: run_pb2_grpc.RunServiceStub,
     worker_stub: worker_pb2_grpc.WorkerServiceStub,
 ) -> None:
-    dynamic = partitions_pb2.PartitionsDefinition(dynamic=partitions_pb2.DynamicPartitions(initial_keys=["a", "b", "c"]))
+    dynamic = partitions_pb2.PartitionsDefinition(
+        dynamic=partitions_pb2.DynamicPartitions(initial_keys=["a", "b", "c"])
+    )
     register(workflow_stub, "files", dynamic)
     register(workflow_stub, "plain", None)
     driver = Driver(run_stub, worker_stub)
     driver.succeed("files", "b")
-    asset_stub.DeleteDynamicPartitions(asset_pb2.DeleteDynamicPartitionsRequest(asset_id="files/out", partition_keys=["c"]))
-    assert statuses(asset_stub, "files/out", page_size=1) == [("a", S.PARTITION_STATUS_MISSING), ("b", S.PARTITION_STATUS_MATERIALIZED)]
-    assert statuses(asset_stub, "files/out", S.PARTITION_STATUS_MATERIALIZED) == [("b", S.PARTITION_STATUS_MATERIALIZED)]
+    asset_stub.DeleteDynamicPartitions(
+        asset_pb2.DeleteDynamicPartitionsRequest(asset_id="files/out", partition_keys=["c"])
+    )
+    assert statuses(asset_stub, "files/out", page_size=1) == [
+        ("a", S.PARTITION_STATUS_MISSING),
+        ("b", S.PARTITION_STATUS_MATERIALIZED),
+    ]
+    assert statuses(asset_stub, "files/out", S.PARTITION_STATUS_MATERIALIZED) == [
+        ("b", S.PARTITION_STATUS_MATERIALIZED)
+    ]
     assert counts(asset_stub, "files/out")[S.PARTITION_STATUS_MISSING] == 1
     assert statuses(asset_stub, "plain/out") == [("", S.PARTITION_STATUS_MISSING)]
     driver.succeed("plain", "")
     assert statuses(asset_stub, "plain/out") == [("", S.PARTITION_STATUS_MATERIALIZED)]
-    assert asset_stub.ListPartitionKeys(asset_pb2.ListPartitionKeysRequest(asset_id="plain/out")).total_size == 0
+    assert (
+        asset_stub.ListPartitionKeys(asset_pb2.ListPartitionKeysRequest(asset_id="plain/out")).total_size == 0
+    )
 
 
 def test_definition_change_drops_out_of_set_keys(
@@ -214,7 +261,9 @@ def test_definition_change_drops_out_of_set_keys(
     ]
     assert counts(asset_stub, "regions/out")[S.PARTITION_STATUS_MATERIALIZED] == 1
     # History of the dropped key stays readable.
-    latest = asset_stub.GetLatestMaterialization(asset_pb2.GetLatestMaterializationRequest(asset_id="regions/out", partition_key="a"))
+    latest = asset_stub.GetLatestMaterialization(
+        asset_pb2.GetLatestMaterializationRequest(asset_id="regions/out", partition_key="a")
+    )
     assert latest.materialization.partition_key == "a"
 
 
@@ -236,7 +285,9 @@ def test_materializations_latest_list_and_report(
             asset_pb2.ResultAsset(
                 asset_id="regions/out",
                 partition_key="us",
-                artifacts=[asset_pb2.Artifact(file_name="us.csv", storage_url="file:///data/us.csv", size_bytes=5)],
+                artifacts=[
+                    asset_pb2.Artifact(file_name="us.csv", storage_url="file:///data/us.csv", size_bytes=5)
+                ],
             ),
             asset_pb2.ResultAsset(asset_id="regions/out", partition_key="eu"),
         ],
@@ -245,12 +296,18 @@ def test_materializations_latest_list_and_report(
     reported = asset_stub.ReportMaterializations(report)
     assert [(m.partition_key, m.run_id) for m in reported.materializations] == [("us", ""), ("eu", "")]
     assert asset_stub.ReportMaterializations(report) == reported
-    latest = asset_stub.GetLatestMaterialization(asset_pb2.GetLatestMaterializationRequest(asset_id="regions/out", partition_key="us"))
+    latest = asset_stub.GetLatestMaterialization(
+        asset_pb2.GetLatestMaterializationRequest(asset_id="regions/out", partition_key="us")
+    )
     assert latest.materialization.id == reported.materializations[0].id
-    history = asset_stub.ListMaterializations(asset_pb2.ListMaterializationsRequest(asset_id="regions/out", partition_key="us", page_size=1))
+    history = asset_stub.ListMaterializations(
+        asset_pb2.ListMaterializationsRequest(asset_id="regions/out", partition_key="us", page_size=1)
+    )
     assert history.materializations[0].id == reported.materializations[0].id and history.next_page_token
     older = asset_stub.ListMaterializations(
-        asset_pb2.ListMaterializationsRequest(asset_id="regions/out", partition_key="us", page_token=history.next_page_token)
+        asset_pb2.ListMaterializationsRequest(
+            asset_id="regions/out", partition_key="us", page_token=history.next_page_token
+        )
     )
     assert [m.run_id != "" for m in older.materializations] == [True]
     # All or nothing: one bad key rejects the whole report.
@@ -260,8 +317,12 @@ def test_materializations_latest_list_and_report(
             asset_pb2.ResultAsset(asset_id="regions/out", partition_key="mars"),
         ]
     )
-    assert expect_error(asset_stub.ReportMaterializations, bad, INVALID).fields == ["materializations[1].partition_key"]
-    everything = asset_stub.ListMaterializations(asset_pb2.ListMaterializationsRequest(asset_id="regions/out"))
+    assert expect_error(asset_stub.ReportMaterializations, bad, INVALID).fields == [
+        "materializations[1].partition_key"
+    ]
+    everything = asset_stub.ListMaterializations(
+        asset_pb2.ListMaterializationsRequest(asset_id="regions/out")
+    )
     assert len(everything.materializations) == 3
     too_many = asset_pb2.ReportMaterializationsRequest(
         materializations=[asset_pb2.ResultAsset(asset_id="regions/out", partition_key="us")] * 1001

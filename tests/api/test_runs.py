@@ -499,7 +499,9 @@ def test_list_runs_filters_and_pages(
     assert [r.id for r in (*first.runs, *second.runs)] == [plain.id, us.id, eu.id]
     assert not second.next_page_token
     expect_error(
-        run_stub.ListRuns, run_pb2.ListRunsRequest(workflow_slug="plain", page_token=first.next_page_token), INVALID
+        run_stub.ListRuns,
+        run_pb2.ListRunsRequest(workflow_slug="plain", page_token=first.next_page_token),
+        INVALID,
     )
 
 

@@ -25,7 +25,6 @@ from partita.v1 import (
     worker_pb2_grpc,
     workflow_pb2_grpc,
 )
-
 from server.api.errors import ERROR_DOMAIN, error_details
 from server.api.pending import PENDING_RPCS
 from tests.harness import RunningServer, start_server

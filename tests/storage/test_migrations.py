@@ -38,7 +38,7 @@ def fill_version_1(db: peewee.Database) -> None:
             "VALUES (%s, %s, %s, %s, %s)",
             slug,
             f"{slug} workflow",
-            '{"slug": "%s"}' % slug,
+            f'{{"slug": "{slug}"}}',
             T0,
             T0,
         )
@@ -67,7 +67,7 @@ def fill_version_1(db: peewee.Database) -> None:
             "progress_message, error_message, cancel_requested, create_time, end_time, update_time) VALUES "
             "(%s, %s, '{}', %s, 1, 3, 'MANUAL', '', 'alice', '{}', '', '', 0, '', '', %s, %s, %s, %s)",
             slug,
-            '{"day": "2024-01-%02d"}' % index,
+            f'{{"day": "2024-01-{index:02d}"}}',
             state,
             False,
             T0 + index,

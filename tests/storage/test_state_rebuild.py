@@ -6,8 +6,17 @@ import random
 
 import grpc
 
-from partita.v1 import asset_pb2, partitions_pb2, run_pb2, worker_pb2, workflow_pb2
-from partita.v1 import asset_pb2_grpc, run_pb2_grpc, worker_pb2_grpc, workflow_pb2_grpc
+from partita.v1 import (
+    asset_pb2,
+    asset_pb2_grpc,
+    partitions_pb2,
+    run_pb2,
+    run_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from storage import partition_state, sql
 from storage.database import connect
 from storage.models import bind_models
@@ -33,7 +42,9 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
                 produces=[
                     workflow_pb2.AssetDeclaration(
                         asset_id=asset_id,
-                        partitioning=partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=KEYS)),
+                        partitioning=partitions_pb2.PartitionsDefinition(
+                            static=partitions_pb2.StaticPartitions(keys=KEYS)
+                        ),
                     )
                     for asset_id in ("wf/a", "wf/b")
                 ],
@@ -55,11 +66,15 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
                 continue
             outcome = rng.choice(["complete", "complete_a", "fail", "fail_final"])
             if outcome == "complete":
-                workers.CompleteRun(worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id))
+                workers.CompleteRun(
+                    worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id)
+                )
             elif outcome == "complete_a":
                 workers.CompleteRun(
                     worker_pb2.CompleteRunRequest(
-                        run_id=claimed.run.id, lease_id=claimed.lease_id, assets=[asset_pb2.ResultAsset(asset_id="wf/a")]
+                        run_id=claimed.run.id,
+                        lease_id=claimed.lease_id,
+                        assets=[asset_pb2.ResultAsset(asset_id="wf/a")],
                     )
                 )
             else:
@@ -69,23 +84,26 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
                     )
                 )
         elif action == "cancel":
-            listed = runs.ListRuns(run_pb2.ListRunsRequest(states=[run_pb2.RUN_STATE_QUEUED], page_size=5)).runs
+            listed = runs.ListRuns(
+                run_pb2.ListRunsRequest(states=[run_pb2.RUN_STATE_QUEUED], page_size=5)
+            ).runs
             if listed:
                 runs.CancelRun(run_pb2.CancelRunRequest(run_id=rng.choice(listed).id))
         else:
             assets.ReportMaterializations(
                 asset_pb2.ReportMaterializationsRequest(
-                    materializations=[asset_pb2.ResultAsset(asset_id=rng.choice(["wf/a", "wf/b"]), partition_key=key)]
+                    materializations=[
+                        asset_pb2.ResultAsset(asset_id=rng.choice(["wf/a", "wf/b"]), partition_key=key)
+                    ]
                 )
             )
 
     db = connect(server.database_url)
     bind_models(db)
-    with db.connection_context():
-        with db.atomic() as transaction:
-            incremental = sql.rows(f"SELECT {COLUMNS} FROM partition_state ORDER BY asset_id, partition_key")
-            partition_state.rebuild_state()
-            rebuilt = sql.rows(f"SELECT {COLUMNS} FROM partition_state ORDER BY asset_id, partition_key")
-            transaction.rollback()
+    with db.connection_context(), db.atomic() as transaction:
+        incremental = sql.rows(f"SELECT {COLUMNS} FROM partition_state ORDER BY asset_id, partition_key")
+        partition_state.rebuild_state()
+        rebuilt = sql.rows(f"SELECT {COLUMNS} FROM partition_state ORDER BY asset_id, partition_key")
+        transaction.rollback()
     assert len(incremental) > 4
     assert incremental == rebuilt
