@@ -32,6 +32,7 @@ from server.clock import Clock, SystemClock
 from server.logging import log_event
 from server.metrics import MetricsRegistry
 from server.scheduler.reaper import run_reaper
+from server.streams import run_event_follower, run_event_pruner
 from storage import migrations
 from storage.database import connect
 from storage.store import SchemaBehind, Store
@@ -81,7 +82,7 @@ class Settings:
 # A loop that runs beside the server (lease reaper, later schedulers and dispatchers): it
 # gets the service context and an event set at shutdown, and should return soon after.
 BackgroundTask = Callable[[ServiceContext, asyncio.Event], Coroutine[Any, Any, None]]
-DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (run_reaper,)
+DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (run_reaper, run_event_follower, run_event_pruner)
 BACKGROUND_STOP_TIMEOUT = 10.0
 
 
@@ -126,6 +127,9 @@ class PartitaServer:
         """Health goes NOT_SERVING, new calls are refused, in-flight ones get `grace` seconds;
         then the background loops are told to stop (and cancelled if they linger)."""
         await self.health.enter_graceful_shutdown()
+        # Watch streams never end by themselves: end them now with UNAVAILABLE so their
+        # clients reconnect elsewhere instead of holding the drain for the whole grace.
+        self.context.events.close()
         await self.server.stop(grace)
         self.stopping.set()
         if self._tasks:

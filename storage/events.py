@@ -3,7 +3,12 @@
 Watchers read `sequence > cursor`. On PostgreSQL a sequence number is taken at INSERT
 but seen at COMMIT, so a transaction takes a transaction-level advisory lock right before
 inserting its events (its last statements): sequence order is then commit order and a
-watcher past N never misses an N-1 that commits later.
+watcher past N never misses an N-1 that commits later. The same transaction sends
+`NOTIFY partita_events` (delivered at COMMIT, carrying only the newest sequence) so followers
+on other replicas wake up; it never carries the data — they read the rows.
+
+Pruning deletes a prefix of the log in small batches and never the newest event, so the
+retained log is always `oldest_sequence() .. head_sequence()` without holes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import peewee as pw
 from storage.models import RunEvent
 
 EVENT_ORDER_LOCK = 0x7061727469746132
+# The LISTEN/NOTIFY channel that wakes the event followers of every replica (PostgreSQL).
+EVENTS_CHANNEL = "partita_events"
 
 
 @dataclass
@@ -75,7 +82,12 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
         for event in events
     ]
     cursor = RunEvent.insert_many(rows).returning(RunEvent.sequence).execute()
-    return [row[0] if isinstance(row, tuple) else row.sequence for row in cursor]
+    sequences = [row[0] if isinstance(row, tuple) else row.sequence for row in cursor]
+    if sequences and isinstance(db, pw.PostgresqlDatabase):
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(max(sequences)))
+        )
+    return sequences
 
 
 def head_sequence() -> int:
@@ -93,3 +105,116 @@ def events_after(after_sequence: int, limit: int) -> list[RunEvent]:
     return list(
         RunEvent.select().where(RunEvent.sequence > after_sequence).order_by(RunEvent.sequence).limit(limit)
     )
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What a watcher wants; the fields combine with AND and an unset field matches everything.
+    `partition_keys` may hold `""` to match events without a key."""
+
+    workflow_slug: str = ""
+    partition_keys: frozenset[str] = frozenset()
+    backfill_id: int | None = None
+    run_id: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            not (self.workflow_slug or self.partition_keys)
+            and self.backfill_id is None
+            and self.run_id is None
+        )
+
+    def matches(
+        self, workflow_slug: str, partition_key: str, backfill_id: int | None, run_id: int | None
+    ) -> bool:
+        return (
+            (not self.workflow_slug or workflow_slug == self.workflow_slug)
+            and (not self.partition_keys or partition_key in self.partition_keys)
+            and (self.backfill_id is None or backfill_id == self.backfill_id)
+            and (self.run_id is None or run_id == self.run_id)
+        )
+
+    def condition(self) -> Any:
+        """The filter as a peewee WHERE expression (True when it is empty)."""
+        condition: Any = True
+        if self.workflow_slug:
+            condition &= RunEvent.workflow_slug == self.workflow_slug
+        if self.partition_keys:
+            condition &= RunEvent.partition_key.in_(sorted(self.partition_keys))
+        if self.backfill_id is not None:
+            condition &= RunEvent.backfill_id == self.backfill_id
+        if self.run_id is not None:
+            condition &= RunEvent.run_id == self.run_id
+        return condition
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One step of reading the log for a watcher: the matching `rows` after the cursor, the
+    position the step has fully scanned through (`scanned`, >= every row's sequence), and the
+    oldest retained sequence (`oldest`, 0 for an empty log)."""
+
+    rows: list[RunEvent]
+    scanned: int
+    oldest: int
+    head: int
+
+
+def scan_events(after_sequence: int, event_filter: EventFilter, limit: int) -> Scan:
+    """Inside a read transaction: up to `limit` events matching `event_filter` after
+    `after_sequence`, in sequence order.
+
+    The head is read first and bounds the query. Sequence order is commit order (see the
+    module docstring), so every event up to that head is committed and visible to the second
+    statement even under READ COMMITTED: when fewer than `limit` rows come back, everything
+    up to the head has been scanned.
+    """
+    head = head_sequence()
+    oldest = oldest_sequence()
+    if head <= after_sequence:
+        return Scan([], after_sequence, oldest, head)
+    query = RunEvent.select().where((RunEvent.sequence > after_sequence) & (RunEvent.sequence <= head))
+    if not event_filter.is_empty:
+        query = query.where(event_filter.condition())
+    rows = list(query.order_by(RunEvent.sequence).limit(limit))
+    scanned = rows[-1].sequence if len(rows) >= limit else head
+    return Scan(rows, scanned, oldest, head)
+
+
+def prune_events(*, older_than_micros: int | None, keep_last: int | None, limit: int) -> int:
+    """Inside a write transaction: deletes at most `limit` sequence numbers' worth of the oldest
+    events — those written before `older_than_micros`, and those more than `keep_last`
+    sequences behind the head — and returns how many rows went.
+
+    Only a prefix of the log is ever deleted (an event is kept when any older one is), and never
+    the newest event, so `oldest_sequence()` always tells a watcher whether its cursor is still
+    covered. `keep_last` counts sequence numbers, so gaps (rolled-back inserts) make it keep
+    slightly fewer rows. Per-partition state is never touched.
+    """
+    if older_than_micros is None and keep_last is None:
+        return 0
+    head = head_sequence()
+    oldest = oldest_sequence()
+    if head == 0 or oldest >= head:
+        return 0
+    # A batch deletes sequences oldest .. stop, never the head.
+    stop = min(head - 1, oldest + max(limit, 1) - 1)
+    cut = oldest - 1
+    if keep_last is not None:
+        cut = max(cut, head - max(keep_last, 1))
+    if older_than_micros is not None:
+        first_young = (
+            RunEvent.select(pw.fn.MIN(RunEvent.sequence))
+            .where(
+                (RunEvent.sequence >= oldest)
+                & (RunEvent.sequence <= stop)
+                & (RunEvent.time >= older_than_micros)
+            )
+            .scalar()
+        )
+        cut = max(cut, stop if first_young is None else int(first_young) - 1)
+    cut = min(cut, stop)
+    if cut < oldest:
+        return 0
+    return int(RunEvent.delete().where(RunEvent.sequence <= cut).execute())

@@ -8,6 +8,7 @@ from datetime import timedelta
 from server.catalog import Catalog
 from server.clock import Clock
 from server.notify import WorkSignal
+from server.streams import EventFollower
 from storage.store import Store
 
 
@@ -31,3 +32,4 @@ class ServiceContext:
     limits: Limits = field(default_factory=Limits)
     catalog: Catalog = field(default_factory=Catalog)
     work: WorkSignal = field(default_factory=WorkSignal)
+    events: EventFollower = field(default_factory=EventFollower)

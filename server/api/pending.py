@@ -20,9 +20,6 @@ PENDING_RPCS: dict[str, dict[str, str]] = {
         "GetUpstreamPartitions": "lineage and freshness",
         "GetDownstreamPartitions": "lineage and freshness",
     },
-    "partita.v1.RunService": {
-        "WatchRuns": "streaming run progress",
-    },
     "partita.v1.BackfillService": {
         "CreateBackfill": "backfills",
         "GetBackfill": "backfills",

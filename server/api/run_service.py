@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from partita.v1 import run_pb2, run_pb2_grpc
 
+from partita.v1 import run_pb2, run_pb2_grpc
 from server import keys, lifecycle
 from server.api import convert
 from server.api.context import ServiceContext
+from server.api.errors import abort_with_error
 from server.api.idempotency import once
 from server.api.messages import run_message
 from server.api.pagination import PageToken, decode_page_token, page_size, query_fingerprint
@@ -20,6 +22,7 @@ from server.catalog import WorkflowDefinition
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.domain.names import slug_violation
 from server.domain.retry import RetryPolicy
+from server.streams import watch_request
 from storage import events, runs
 from storage.events import Outbox
 from storage.models import micros
@@ -222,3 +225,17 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         response = await once(self.context, "RetryRun", request, run_pb2.RetryRunResponse, retry)
         self.context.work.notify()
         return response
+
+    async def WatchRuns(
+        self, request: run_pb2.WatchRunsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[run_pb2.WatchRunsResponse]:
+        """Every matching event after `after_sequence`, in order, then the live ones (server/streams.py)."""
+        event_filter, after_sequence = watch_request(request)
+
+        async def interrupt(error: BaseException) -> None:
+            # Ends the stream while its handler is stuck sending (stalled client, shutdown).
+            await abort_with_error(context, error, "/partita.v1.RunService/WatchRuns")
+
+        stream = self.context.events.watch(self.context.store, event_filter, after_sequence, interrupt)
+        async for response in stream:
+            yield response
