@@ -17,8 +17,8 @@ from partita.v1 import workflow_pb2
 from server.api import convert
 from server.domain.partitions import PartitionSpec
 from server.domain.retry import RetryPolicy
-from storage import workflows
-from storage.models import Asset, Workflow
+from storage import sql, workflows
+from storage.models import Workflow
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Catalog:
         self._lock = threading.Lock()
 
     def workflow(self, slug: str) -> WorkflowDefinition | None:
-        version = Workflow.select(Workflow.update_time).where(Workflow.slug == slug).scalar()
+        version = sql.scalar("SELECT update_time FROM workflow WHERE slug = %s", (slug,))
         if version is None:
             return None
         with self._lock:
@@ -65,7 +65,7 @@ class Catalog:
         return definition
 
     def producer_of(self, asset_id: str) -> WorkflowDefinition | None:
-        slug = Asset.select(Asset.workflow_slug).where(Asset.asset_id == asset_id).scalar()
+        slug = sql.scalar("SELECT workflow_slug FROM asset WHERE asset_id = %s", (asset_id,))
         return self.workflow(slug) if slug is not None else None
 
 

@@ -102,8 +102,8 @@ def enqueue_tx(
 ) -> tuple[Run, bool]:
     """Queues a run unless its slice has one in flight; returns the run and whether it is new."""
     now_us = micros(now)
-    run_id = runs.insert_if_no_run_in_flight(new_run, now_us)
-    if run_id is None:
+    run = runs.insert_if_no_run_in_flight(new_run, now_us)
+    if run is None:
         existing = runs.in_flight_run(new_run.workflow_slug, new_run.partition_key)
         if existing is None:  # it ended between our insert and this read
             raise AlreadyExists(
@@ -119,8 +119,6 @@ def enqueue_tx(
             reason="RUN_IN_FLIGHT",
             metadata={"run_id": str(existing.id)},
         )
-    run = runs.get_run(int(run_id))
-    assert run is not None
     partition_state.mark_in_flight(positions, new_run.partition_key, run.id, now_us)
     outbox.add(run_event(run, "QUEUED", runs.QUEUED))
     log_transition(run, runs.QUEUED)
@@ -157,21 +155,8 @@ def _caps_for(workflow_slugs: Sequence[str]) -> dict[str, int]:
 
 def release_claim_tx(outbox: Outbox, run_id: int, lease_id: str, now: datetime) -> None:
     """Puts back a run claimed for a caller that went away before it got the answer."""
-    released = (
-        Run.update(
-            state=runs.QUEUED,
-            lease_id="",
-            lease_expire_time=None,
-            worker_id="",
-            start_time=None,
-            update_time=micros(now),
-        )
-        .where((Run.id == run_id) & (Run.lease_id == lease_id) & (Run.state == runs.RUNNING))
-        .execute()
-    )
-    if released:
-        run = runs.get_run(run_id)
-        assert run is not None
+    run = runs.release_claim(run_id, lease_id, micros(now))
+    if run is not None:
         outbox.add(run_event(run, "QUEUED", runs.QUEUED, "claim released: the worker went away"))
         log_transition(run, runs.QUEUED, f"run {run_id} claim released")
 
@@ -232,9 +217,8 @@ def fail_attempt_tx(
         return _end(outbox, catalog, run, runs.CANCELED, "canceled as requested", now_us, (runs.RUNNING,))
     if retryable and policy.allows_another_attempt(run.attempt):
         next_time = now_us + int(policy.backoff_after(run.attempt).total_seconds() * 1_000_000)
-        if runs.requeue_for_retry(run.id, run.lease_id, next_time, error_message, now_us):
-            updated = runs.get_run(run.id)
-            assert updated is not None
+        updated = runs.requeue_for_retry(run.id, run.lease_id, next_time, error_message, now_us)
+        if updated is not None:
             outbox.add(
                 run_event(updated, "RETRY_SCHEDULED", runs.QUEUED, error_message, next_attempt_time=next_time)
             )
@@ -269,14 +253,13 @@ def _end(
     now_us: int,
     from_states: Sequence[str],
 ) -> Run:
-    if not runs.finish(run.id, from_states, state, now_us, message if state == runs.FAILED else None):
+    ended = runs.finish(run.id, from_states, state, now_us, message if state == runs.FAILED else None)
+    if ended is None:
         raise FailedPrecondition(
             f"run {run.id} is {run.state.lower()}, it cannot become {state.lower()}",
             reason="RUN_STATE_CHANGED",
             metadata={"run_id": str(run.id)},
         )
-    ended = runs.get_run(run.id)
-    assert ended is not None
     definition = catalog.workflow(run.workflow_slug)
     partition_state.settle(
         state_assets(definition, run), run.partition_key, run.id, state == runs.FAILED, now_us
@@ -289,10 +272,9 @@ def _end(
 def succeed_tx(outbox: Outbox, run: Run, now: datetime) -> Run:
     """Marks the run SUCCEEDED (materializations are recorded by the caller in the same transaction)."""
     now_us = micros(now)
-    if not runs.finish(run.id, (runs.RUNNING,), runs.SUCCEEDED, now_us):
+    ended = runs.finish(run.id, (runs.RUNNING,), runs.SUCCEEDED, now_us)
+    if ended is None:
         raise FailedPrecondition(f"run {run.id} is no longer running", reason="LEASE_EXPIRED")
-    ended = runs.get_run(run.id)
-    assert ended is not None
     outbox.add(run_event(ended, "SUCCEEDED", runs.SUCCEEDED))
     log_transition(ended, runs.SUCCEEDED)
     return ended
@@ -322,7 +304,7 @@ def reap_tx(outbox: Outbox, catalog: Catalog, now: datetime, limit: int = 100) -
 
 
 def _timeouts(catalog: Catalog) -> list[tuple[str, timedelta]]:
-    slugs = [row[0] for row in sql.rows("SELECT DISTINCT workflow_slug FROM run WHERE state = 'RUNNING'")]
+    slugs = runs.running_workflow_slugs()
     result = []
     for slug in slugs:
         definition = catalog.workflow(slug)

@@ -20,6 +20,7 @@ from typing import Any
 
 import peewee as pw
 
+from storage import sql
 from storage.models import RunEvent
 
 EVENT_ORDER_LOCK = 0x7061727469746132
@@ -63,26 +64,35 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
     """Inserts events in order and returns their sequences. Call last in a transaction."""
     if isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (EVENT_ORDER_LOCK,))
-    rows = [
-        {
-            "time": now_micros,
-            "run_id": event.run_id,
-            "workflow_slug": event.workflow_slug,
-            "partition_key": event.partition_key,
-            "backfill_id": event.backfill_id,
-            "asset_id": event.asset_id,
-            "type": event.type,
-            "state": event.state,
-            "attempt": event.attempt,
-            "progress": event.progress,
-            "message": event.message,
-            "materialization_ids": json.dumps(list(event.materialization_ids)),
-            "data": json.dumps(event.data, separators=(",", ":")),
-        }
-        for event in events
-    ]
-    cursor = RunEvent.insert_many(rows).returning(RunEvent.sequence).execute()
-    sequences = [row[0] if isinstance(row, tuple) else row.sequence for row in cursor]
+    # Plain SQL: peewee's query builder costs more than the insert itself on this hot path.
+    placeholder = "?" if isinstance(db, pw.SqliteDatabase) else "%s"
+    statement = (
+        "INSERT INTO run_event (time, run_id, workflow_slug, partition_key, backfill_id, asset_id, type, "
+        "state, attempt, progress, message, materialization_ids, data) VALUES ("
+        + ", ".join([placeholder] * 13)
+        + ") RETURNING sequence"
+    )
+    sequences = []
+    for event in events:
+        row = db.execute_sql(
+            statement,
+            (
+                now_micros,
+                event.run_id,
+                event.workflow_slug,
+                event.partition_key,
+                event.backfill_id,
+                event.asset_id,
+                event.type,
+                event.state,
+                event.attempt,
+                event.progress,
+                event.message,
+                json.dumps(list(event.materialization_ids)),
+                json.dumps(event.data, separators=(",", ":")),
+            ),
+        ).fetchone()
+        sequences.append(int(row[0]))
     if sequences and isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql(  # type: ignore[no-untyped-call]
             "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(max(sequences)))
@@ -92,19 +102,15 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
 
 def head_sequence() -> int:
     """The newest sequence visible in this transaction's snapshot; 0 for an empty log."""
-    value = RunEvent.select(pw.fn.MAX(RunEvent.sequence)).scalar()
-    return int(value or 0)
+    return int(sql.scalar("SELECT MAX(sequence) FROM run_event") or 0)
 
 
 def oldest_sequence() -> int:
-    value = RunEvent.select(pw.fn.MIN(RunEvent.sequence)).scalar()
-    return int(value or 0)
+    return int(sql.scalar("SELECT MIN(sequence) FROM run_event") or 0)
 
 
 def events_after(after_sequence: int, limit: int) -> list[RunEvent]:
-    return list(
-        RunEvent.select().where(RunEvent.sequence > after_sequence).order_by(RunEvent.sequence).limit(limit)
-    )
+    return sql.select_models(RunEvent, "sequence > %s", (after_sequence,), f"ORDER BY sequence LIMIT {int(limit)}")
 
 
 @dataclass(frozen=True)

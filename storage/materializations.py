@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from storage import sql
 from storage.models import Materialization, PartitionState
 
 
@@ -18,15 +19,12 @@ class NewMaterialization:
 
 
 def insert(new: NewMaterialization, now: int) -> Materialization:
-    return Materialization.create(
-        asset_id=new.asset_id,
-        partition_key=new.partition_key,
-        run_id=new.run_id,
-        artifacts=new.artifacts,
-        payload=new.payload,
-        inputs=new.inputs,
-        create_time=now,
-    )
+    return sql.returning_models(
+        Materialization,
+        "INSERT INTO materialization (asset_id, partition_key, run_id, artifacts, payload, inputs, create_time) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (new.asset_id, new.partition_key, new.run_id, new.artifacts, new.payload, new.inputs, now),
+    )[0]
 
 
 def of_run(run_id: int) -> list[Materialization]:

@@ -45,20 +45,21 @@ class RunFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def insert_if_no_run_in_flight(new: NewRun, now: int) -> int | None:
-    """Inserts a QUEUED run unless its slice has one queued or running; returns its id or None.
+def insert_if_no_run_in_flight(new: NewRun, now: int) -> Run | None:
+    """Inserts a QUEUED run unless its slice has one queued or running; returns it, or None.
 
     The partial unique index decides, not a prior read, so this holds across threads and
     replicas; DO NOTHING keeps the PostgreSQL transaction usable after a conflict.
     """
-    return sql.scalar(
+    inserted = sql.returning_models(
+        Run,
         "INSERT INTO run (workflow_slug, partition_key, backfill_id, dedupe_slot, parameters, "
         "requested_parameters, state, attempt, max_attempts, retry_policy, trigger_kind, trigger_source_id, "
         "trigger_principal, labels, worker_id, lease_id, progress, progress_message, error_message, "
         "cancel_requested, create_time, update_time) "
         "VALUES (%s, %s, %s, 0, %s, %s, 'QUEUED', 1, %s, %s, %s, %s, %s, %s, '', '', 0, '', '', %s, %s, %s) "
         "ON CONFLICT (workflow_slug, partition_key, dedupe_slot) WHERE state IN ('QUEUED', 'RUNNING') "
-        "DO NOTHING RETURNING id",
+        "DO NOTHING",
         (
             new.workflow_slug,
             new.partition_key,
@@ -76,23 +77,26 @@ def insert_if_no_run_in_flight(new: NewRun, now: int) -> int | None:
             now,
         ),
     )
+    return inserted[0] if inserted else None
+
+
+def _one(found: list[Run]) -> Run | None:
+    return found[0] if found else None
 
 
 def in_flight_run(workflow_slug: str, partition_key: str) -> Run | None:
-    return (
-        Run.select()
-        .where(
-            (Run.workflow_slug == workflow_slug)
-            & (Run.partition_key == partition_key)
-            & Run.state.in_(IN_FLIGHT)
+    return _one(
+        sql.select_models(
+            Run,
+            "workflow_slug = %s AND partition_key = %s AND state IN ('QUEUED', 'RUNNING')",
+            (workflow_slug, partition_key),
+            "ORDER BY id LIMIT 1",
         )
-        .order_by(Run.id)
-        .first()
     )
 
 
 def get_run(run_id: int) -> Run | None:
-    return Run.get_or_none(Run.id == run_id)
+    return _one(sql.select_models(Run, "id = %s", (run_id,)))
 
 
 def _filtered(run_filter: RunFilter) -> pw.ModelSelect:
@@ -144,7 +148,8 @@ def claim_next(
     lease_expire_time: int,
     now: int,
 ) -> Run | None:
-    """Leases the oldest claimable QUEUED run, honouring per-workflow caps on running runs.
+    """Leases the oldest claimable QUEUED run (in enqueue order; a retry waits for its
+    next_attempt_time), honouring per-workflow caps on running runs.
 
     One UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) on PostgreSQL, so concurrent
     claimers skip each other's rows instead of waiting; SQLite has a single writer.
@@ -159,102 +164,106 @@ def claim_next(
         conditions.append(f"workflow_slug NOT IN ({', '.join(['%s'] * len(full))})")
         params.extend(full)
     lock = " FOR UPDATE SKIP LOCKED" if sql.is_postgres() else ""
-    run_id = sql.scalar(
-        f"UPDATE run SET state = 'RUNNING', worker_id = %s, lease_id = %s, lease_expire_time = %s, "
-        f"start_time = %s, update_time = %s, progress = 0, progress_message = '', next_attempt_time = NULL "
-        f"WHERE id = (SELECT id FROM run WHERE {' AND '.join(conditions)} "
-        f"ORDER BY COALESCE(next_attempt_time, create_time), id LIMIT 1{lock}) RETURNING id",
-        (worker_id, lease_id, lease_expire_time, now, now, *params),
+    return _one(
+        sql.returning_models(
+            Run,
+            "UPDATE run SET state = 'RUNNING', worker_id = %s, lease_id = %s, lease_expire_time = %s, "
+            "start_time = %s, update_time = %s, progress = 0, progress_message = '', next_attempt_time = NULL "
+            f"WHERE id = (SELECT id FROM run WHERE {' AND '.join(conditions)} "
+            f"ORDER BY id LIMIT 1{lock})",
+            (worker_id, lease_id, lease_expire_time, now, now, *params),
+        )
     )
-    return get_run(int(run_id)) if run_id is not None else None
 
 
 def running_count(workflow_slug: str) -> int:
-    return int(Run.select().where((Run.workflow_slug == workflow_slug) & (Run.state == RUNNING)).count())
+    return int(
+        sql.scalar(
+            "SELECT COUNT(*) FROM run WHERE workflow_slug = %s AND state = 'RUNNING'", (workflow_slug,)
+        )
+    )
 
 
 def extend_lease(
     run_id: int, lease_id: str, lease_expire_time: int, progress: float, message: str, now: int
 ) -> bool:
-    updated = (
-        Run.update(
-            lease_expire_time=lease_expire_time, progress=progress, progress_message=message, update_time=now
-        )
-        .where((Run.id == run_id) & (Run.lease_id == lease_id) & (Run.state == RUNNING))
-        .execute()
+    updated = sql.execute(
+        "UPDATE run SET lease_expire_time = %s, progress = %s, progress_message = %s, update_time = %s "
+        "WHERE id = %s AND lease_id = %s AND state = 'RUNNING'",
+        (lease_expire_time, progress, message, now, run_id, lease_id),
     )
-    return bool(updated)
+    return bool(updated.rowcount)
 
 
 def finish(
     run_id: int, from_states: Sequence[str], state: str, now: int, error_message: str | None = None
-) -> bool:
-    """Moves the run to a terminal state if it is still in one of `from_states`."""
-    values: dict[Any, Any] = {
-        Run.state: state,
-        Run.end_time: now,
-        Run.update_time: now,
-        Run.lease_expire_time: None,
-        Run.next_attempt_time: None,
-    }
-    if error_message is not None:
-        values[Run.error_message] = error_message
-    if state == SUCCEEDED:
-        values[Run.progress] = 1.0
-    updated = Run.update(values).where((Run.id == run_id) & Run.state.in_(list(from_states))).execute()
-    return bool(updated)
+) -> Run | None:
+    """Moves the run to a terminal state if it is still in one of `from_states`; returns it then."""
+    error = ", error_message = %s" if error_message is not None else ""
+    progress = ", progress = 1" if state == SUCCEEDED else ""
+    return _one(
+        sql.returning_models(
+            Run,
+            f"UPDATE run SET state = %s, end_time = %s, update_time = %s, lease_expire_time = NULL, "
+            f"next_attempt_time = NULL{error}{progress} "
+            f"WHERE id = %s AND state IN ({', '.join(['%s'] * len(from_states))})",
+            (state, now, now, *([error_message] if error_message is not None else []), run_id, *from_states),
+        )
+    )
 
 
 def requeue_for_retry(
     run_id: int, lease_id: str, next_attempt_time: int, error_message: str, now: int
-) -> bool:
-    updated = (
-        Run.update(
-            state=QUEUED,
-            attempt=Run.attempt + 1,
-            next_attempt_time=next_attempt_time,
-            lease_id="",
-            lease_expire_time=None,
-            worker_id="",
-            error_message=error_message,
-            update_time=now,
+) -> Run | None:
+    return _one(
+        sql.returning_models(
+            Run,
+            "UPDATE run SET state = 'QUEUED', attempt = attempt + 1, next_attempt_time = %s, lease_id = '', "
+            "lease_expire_time = NULL, worker_id = '', error_message = %s, update_time = %s "
+            "WHERE id = %s AND lease_id = %s AND state = 'RUNNING'",
+            (next_attempt_time, error_message, now, run_id, lease_id),
         )
-        .where((Run.id == run_id) & (Run.lease_id == lease_id) & (Run.state == RUNNING))
-        .execute()
     )
-    return bool(updated)
+
+
+def release_claim(run_id: int, lease_id: str, now: int) -> Run | None:
+    """Puts a claimed run back in the queue as it was before the claim."""
+    return _one(
+        sql.returning_models(
+            Run,
+            "UPDATE run SET state = 'QUEUED', lease_id = '', lease_expire_time = NULL, worker_id = '', "
+            "start_time = NULL, update_time = %s WHERE id = %s AND lease_id = %s AND state = 'RUNNING'",
+            (now, run_id, lease_id),
+        )
+    )
 
 
 def request_cancel(run_id: int, now: int) -> bool:
-    updated = (
-        Run.update(cancel_requested=True, update_time=now)
-        .where((Run.id == run_id) & (Run.state == RUNNING))
-        .execute()
+    updated = sql.execute(
+        "UPDATE run SET cancel_requested = %s, update_time = %s WHERE id = %s AND state = 'RUNNING'",
+        (True, now, run_id),
     )
-    return bool(updated)
+    return bool(updated.rowcount)
 
 
 def lapsed_runs(now: int, limit: int) -> list[Run]:
     """Running runs whose lease expired."""
-    return list(
-        Run.select()
-        .where((Run.state == RUNNING) & (Run.lease_expire_time < now))
-        .order_by(Run.lease_expire_time)
-        .limit(limit)
+    return sql.select_models(
+        Run,
+        "state = 'RUNNING' AND lease_expire_time < %s",
+        (now,),
+        f"ORDER BY lease_expire_time LIMIT {int(limit)}",
     )
 
 
 def running_runs_started_before(workflow_slug: str, started_before: int, limit: int) -> list[Run]:
-    return list(
-        Run.select()
-        .where(
-            (Run.workflow_slug == workflow_slug) & (Run.state == RUNNING) & (Run.start_time < started_before)
-        )
-        .limit(limit)
+    return sql.select_models(
+        Run,
+        "workflow_slug = %s AND state = 'RUNNING' AND start_time < %s",
+        (workflow_slug, started_before),
+        f"LIMIT {int(limit)}",
     )
 
 
-def next_attempt_due() -> int | None:
-    """The earliest next_attempt_time among queued retries (to wake claimers when it comes)."""
-    value = Run.select(pw.fn.MIN(Run.next_attempt_time)).where(Run.state == QUEUED).scalar()
-    return int(value) if value is not None else None
+def running_workflow_slugs() -> list[str]:
+    return [row[0] for row in sql.rows("SELECT DISTINCT workflow_slug FROM run WHERE state = 'RUNNING'")]

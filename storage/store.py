@@ -4,6 +4,10 @@ Peewee is synchronous. The asyncio server hands each unit of database work — o
 synchronous function, no `await` inside — to a small thread pool. SQLite gets one
 writer thread (it allows one writer at a time anyway, and `BEGIN IMMEDIATE` avoids
 lock upgrades that deadlock) and a few readers; PostgreSQL gets a pool for both.
+
+On SQLite the writer commits groups: the units of work waiting when it is free run in one
+transaction, each inside its own savepoint (a unit that fails rolls back alone), and one
+COMMIT makes them all durable before any caller hears back.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import peewee
 
@@ -29,6 +36,19 @@ class SchemaBehind(Exception):
     """The database needs migrations and the server was told not to run them."""
 
 
+# Units of work one SQLite commit may carry.
+MAX_GROUP = 64
+
+
+@dataclass
+class _PendingWrite:
+    fn: Callable[[Outbox], Any]
+    now_micros: int
+    context: contextvars.Context
+    future: asyncio.Future[tuple[Any, list[int]]]
+    loop: asyncio.AbstractEventLoop
+
+
 class Store:
     def __init__(self, url: str, *, read_threads: int = 4, write_threads: int | None = None) -> None:
         self.url = url
@@ -39,6 +59,9 @@ class Store:
         self._readers = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="db-read")
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="db-write")
         self._listeners: list[Callable[[int], None]] = []
+        self._pending: deque[_PendingWrite] = deque()
+        self._pending_lock = threading.Lock()
+        self._draining = False
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -46,14 +69,15 @@ class Store:
         store = cls(url)
         with store.db.connection_context():
             version = migrations.current_version(store.db)
-            if version < migrations.LATEST_VERSION:
-                if not migrate:
-                    store.close()
-                    raise SchemaBehind(
-                        f"the database schema is at version {version}, this server needs "
-                        f"{migrations.LATEST_VERSION}; start without --no-migrate to upgrade it"
-                    )
+            behind = version < migrations.LATEST_VERSION
+            if behind and migrate:
                 migrations.migrate(store.db)
+        if behind and not migrate:
+            store.close()
+            raise SchemaBehind(
+                f"the database schema is at version {version}, this server needs "
+                f"{migrations.LATEST_VERSION}; start without --no-migrate to upgrade it"
+            )
         return store
 
     def transaction(self) -> peewee._transaction:
@@ -80,13 +104,53 @@ class Store:
     async def write(self, fn: Callable[[Outbox], T], now_micros: int) -> T:
         """Runs `fn` in one write transaction on a writer thread, then wakes the listeners
         of the events it committed."""
-        result, sequences = await self._submit(
-            self._writers, functools.partial(self.run_write, fn, now_micros)
-        )
+        if self.is_sqlite:
+            result, sequences = await self._write_in_group(fn, now_micros)
+        else:
+            result, sequences = await self._submit(
+                self._writers, functools.partial(self.run_write, fn, now_micros)
+            )
         if sequences:
             for listener in list(self._listeners):
                 listener(sequences[-1])
         return result
+
+    async def _write_in_group(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, list[int]]:
+        loop = asyncio.get_running_loop()
+        pending = _PendingWrite(fn, now_micros, contextvars.copy_context(), loop.create_future(), loop)
+        with self._pending_lock:
+            self._pending.append(pending)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._writers.submit(self._drain)
+        result: tuple[T, list[int]] = await pending.future
+        return result
+
+    def _drain(self) -> None:
+        """Writer thread: commits waiting units of work in groups until none are left."""
+        while True:
+            with self._pending_lock:
+                group = [self._pending.popleft() for _ in range(min(MAX_GROUP, len(self._pending)))]
+                if not group:
+                    self._draining = False
+                    return
+            outcomes: list[tuple[_PendingWrite, Any, BaseException | None]] = []
+            try:
+                with self.transaction():
+                    for pending in group:
+                        try:
+                            with self.db.atomic():  # a savepoint: a failing unit rolls back alone
+                                outbox = Outbox()
+                                result = pending.context.run(pending.fn, outbox)
+                                outbox.flush(self.db, pending.now_micros)
+                            outcomes.append((pending, (result, outbox.sequences), None))
+                        except Exception as error:
+                            outcomes.append((pending, None, error))
+            except Exception as error:  # the COMMIT itself failed: nothing of the group holds
+                outcomes = [(pending, None, error) for pending in group]
+            for pending, value, error in outcomes:
+                pending.loop.call_soon_threadsafe(_settle, pending.future, value, error)
 
     def add_commit_listener(self, listener: Callable[[int], None]) -> None:
         """`listener(head_sequence)` runs on the event loop after each write that committed events."""
@@ -109,3 +173,12 @@ class Store:
         self._readers.shutdown(wait=True)
         self._writers.shutdown(wait=True)
         self.db.close()
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

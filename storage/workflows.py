@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from storage import sql
 from storage.models import Asset, PartitionState, Run, Workflow
 
 
@@ -107,10 +108,12 @@ def _asset_row(row: Asset) -> AssetRow:
 
 def concurrency_caps() -> dict[str, int]:
     """Workflows with a cap on running runs."""
-    query = Workflow.select(Workflow.slug, Workflow.max_concurrent_runs).where(
-        Workflow.max_concurrent_runs > 0
-    )
-    return {row.slug: row.max_concurrent_runs for row in query}
+    return {
+        slug: int(cap)
+        for slug, cap in sql.rows(
+            "SELECT slug, max_concurrent_runs FROM workflow WHERE max_concurrent_runs > 0"
+        )
+    }
 
 
 def list_assets(workflow_slug: str, after_asset_id: str, limit: int) -> list[Asset]:

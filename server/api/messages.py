@@ -32,8 +32,8 @@ def run_message(row: Run) -> run_pb2.Run:
         error_message=row.error_message,
         cancel_requested=bool(row.cancel_requested),
     )
-    json_format.Parse(row.parameters or "{}", run.parameters)
-    json_format.Parse(row.requested_parameters or "{}", run.requested_parameters)
+    run.parameters.update(json.loads(row.parameters or "{}"))
+    run.requested_parameters.update(json.loads(row.requested_parameters or "{}"))
     for name in ("next_attempt_time", "create_time", "start_time", "end_time", "lease_expire_time"):
         value = convert.timestamp(getattr(row, name))
         if value is not None:
@@ -55,7 +55,7 @@ def materialization_message(row: Materialization) -> asset_pb2.Materialization:
             for item in json.loads(row.inputs or "[]")
         ],
     )
-    json_format.Parse(row.payload or "{}", message.payload)
+    message.payload.update(json.loads(row.payload or "{}"))
     created = convert.timestamp(row.create_time)
     if created is not None:
         message.create_time.CopyFrom(created)

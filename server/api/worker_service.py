@@ -19,8 +19,9 @@ from server.api.run_service import parse_id
 from server.domain.errors import FailedPrecondition, InvalidArgument, ViolationCollector
 from server.domain.names import slug_violation
 from server.results import record_materializations, resolve_result_positions, validated_result_assets
+from storage import requests
 from storage.events import Outbox
-from storage.models import RequestRecord, Run, micros
+from storage.models import Run, micros
 
 log = logging.getLogger("partita.workers")
 
@@ -41,6 +42,7 @@ def _duration(message: object, name: str) -> timedelta | None:
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
+        self._background: set[asyncio.Task[None]] = set()
 
     def _lease_duration(self, requested: timedelta | None, field: str) -> timedelta:
         limits = self.context.limits
@@ -73,12 +75,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         slugs = list(request.workflow_slugs)
         while True:
             now = self.context.clock.now()
-            lease = await self.context.store.write(
-                lambda outbox, now=now: lifecycle.claim_tx(
-                    outbox, request.worker_id, slugs, lease_duration, now
-                ),
-                micros(now),
+            # Shielded: if the caller goes away while the claim commits, the lease must still be
+            # seen here so it can be released instead of left to lapse.
+            claim = asyncio.ensure_future(
+                self.context.store.write(
+                    lambda outbox, now=now: lifecycle.claim_tx(
+                        outbox, request.worker_id, slugs, lease_duration, now
+                    ),
+                    micros(now),
+                )
             )
+            try:
+                lease = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                claim.add_done_callback(self._release_abandoned)
+                raise
             if lease is not None:
                 if context.cancelled() or context.done():
                     await self._release(lease)
@@ -92,6 +103,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             if left <= 0:
                 return worker_pb2.ClaimRunResponse()
             await self.context.work.wait(min(left, RECHECK_INTERVAL))
+
+    def _release_abandoned(self, claim: asyncio.Future[lifecycle.Lease | None]) -> None:
+        if claim.cancelled() or claim.exception() is not None:
+            return
+        lease = claim.result()
+        if lease is not None:
+            task = asyncio.ensure_future(self._release(lease))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _release(self, lease: lifecycle.Lease) -> None:
         now = self.context.clock.now()
@@ -130,17 +150,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         limits = self.context.limits
 
         def complete(outbox: Outbox) -> worker_pb2.CompleteRunResponse:
-            previous = RequestRecord.get_or_none(
-                (RequestRecord.method == "CompleteRun") & (RequestRecord.request_id == replay_key)
-            )
+            previous = requests.find_record("CompleteRun", replay_key)
             if previous is not None:
-                if previous.request_hash != body_hash:
+                recorded_hash, recorded_response = previous
+                if recorded_hash != body_hash:
                     raise FailedPrecondition(
                         f"run {run_id} was already completed with a different result",
                         reason="COMPLETION_CONFLICT",
                         metadata={"run_id": str(run_id)},
                     )
-                return worker_pb2.CompleteRunResponse.FromString(bytes(previous.response))
+                return worker_pb2.CompleteRunResponse.FromString(recorded_response)
             run = lifecycle.leased_run(run_id, request.lease_id, now)
             definition = self.context.catalog.workflow(run.workflow_slug)
             assert definition is not None, "a run's workflow is never deleted"
@@ -159,13 +178,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             response = worker_pb2.CompleteRunResponse(
                 materializations=[materialization_message(row) for row in recorded]
             )
-            RequestRecord.insert(
-                method="CompleteRun",
-                request_id=replay_key,
-                request_hash=body_hash,
-                response=response.SerializeToString(),
-                create_time=now_us,
-            ).execute()
+            requests.record_response(
+                "CompleteRun", replay_key, body_hash, response.SerializeToString(), now_us
+            )
             return response
 
         return await self.context.store.write(complete, now_us)

@@ -119,6 +119,8 @@ def up(migrator: SchemaMigrator, db: pw.Database) -> None:
         migrator.add_column("asset", "partition_kind", pw.CharField(max_length=16, default="")),
         migrator.add_index("run", ("workflow_slug", "partition_key", "id"), False),
         migrator.add_index("run", ("backfill_id", "id"), False),
+        # Claims take the oldest queued run: a scan of this index in id order.
+        migrator.add_index("run", ("state", "id"), False),
         migrator.add_index("materialization", ("asset_id", "partition_key", "id"), False),
     )
     in_flight = ", ".join(f"'{state}'" for state in IN_FLIGHT)
