@@ -63,7 +63,9 @@ def status_counts(definition: WorkflowDefinition, asset_id: str, as_of: datetime
     total = spec.count(as_of)
     if total == 0:
         return counts
-    found = partition_state.status_counts_between(asset_id, _position_at(spec, 0), _position_at(spec, total - 1))
+    found = partition_state.status_counts_between(
+        asset_id, _position_at(spec, 0), _position_at(spec, total - 1)
+    )
     for status, count in found.items():
         if status != MISSING:
             counts[status] = count
