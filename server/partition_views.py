@@ -20,9 +20,11 @@ from storage.models import PartitionState
 
 MISSING = "MISSING"
 STATUSES = ("MISSING", "MATERIALIZED", "FAILED", "IN_PROGRESS")
-# A page walk reads this many keys at a time; when only MISSING keys are wanted, runs of keys
-# that all have rows are skipped by counting, with the stride doubling while they last.
+# A page walk reads this many keys at a time.
 WALK_CHUNK = 512
+# When only MISSING keys are wanted, windows of keys that all have rows are skipped by counting
+# (the window doubling while they last, halving down to this size once one holds a gap).
+GAP_CHUNK = 32
 
 
 @dataclass
@@ -139,7 +141,7 @@ def _page_by_walking(
     entries: list[tuple[str, PartitionState | None]] = []
     next_index: int | None = None
     only_missing = wanted == {MISSING}
-    stride = WALK_CHUNK
+    stride = GAP_CHUNK
     while index < key_count and next_index is None:
         if only_missing:
             end = min(index + stride, key_count) - 1
@@ -150,8 +152,11 @@ def _page_by_walking(
                 index = end + 1
                 stride *= 2
                 continue
-            stride = WALK_CHUNK
-        chunk = spec.keys_page(index, min(WALK_CHUNK, key_count - index), as_of)
+            if stride > GAP_CHUNK:
+                stride //= 2  # a gap lies ahead: narrow the window down to it
+                continue
+        size = stride if only_missing else WALK_CHUNK
+        chunk = spec.keys_page(index, min(size, key_count - index), as_of)
         rows = partition_state.rows_for_keys(asset_id, chunk)
         for offset, key in enumerate(chunk):
             state = rows.get(key)

@@ -352,3 +352,24 @@ def test_get_and_list_assets(
     rest = asset_stub.ListAssets(asset_pb2.ListAssetsRequest(page_size=1, page_token=listed.next_page_token))
     assert [a.asset_id for a in rest.assets] == ["report/out"]
     expect_error(asset_stub.GetAsset, asset_pb2.GetAssetRequest(asset_id="ghost"), grpc.StatusCode.NOT_FOUND)
+
+
+def test_missing_pages_skip_long_materialized_runs(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, asset_stub: asset_pb2_grpc.AssetServiceStub
+) -> None:
+    keys = [f"k{i:04d}" for i in range(3000)]
+    register(workflow_stub, "many", static(*keys))
+    missing = {keys[i] for i in (0, 1, 700, 701, 702, 1500, 2047, 2048, 2999)}
+    done = [key for key in keys if key not in missing]
+    for start in range(0, len(done), 1000):
+        asset_stub.ReportMaterializations(
+            asset_pb2.ReportMaterializationsRequest(
+                materializations=[
+                    asset_pb2.ResultAsset(asset_id="many/out", partition_key=k)
+                    for k in done[start : start + 1000]
+                ]
+            )
+        )
+    listed = statuses(asset_stub, "many/out", S.PARTITION_STATUS_MISSING, page_size=2)
+    assert [key for key, _ in listed] == sorted(missing)
+    assert counts(asset_stub, "many/out")[S.PARTITION_STATUS_MISSING] == len(missing)
