@@ -194,6 +194,15 @@ def watch_request(request: run_pb2.WatchRunsRequest) -> tuple[EventFilter, int]:
     return event_filter, request.after_sequence
 
 
+def compacted(after_sequence: int, oldest: int) -> OutOfRange:
+    return OutOfRange(
+        f"sequence {after_sequence} is older than the retained log, which starts at sequence "
+        f"{oldest}; list the current state and watch from its head_sequence",
+        reason="SEQUENCE_COMPACTED",
+        metadata={"oldest_sequence": str(oldest), "after_sequence": str(after_sequence)},
+    )
+
+
 def bookmark(sequence: int) -> run_pb2.WatchRunsResponse:
     return run_pb2.WatchRunsResponse(
         event=run_pb2.RunEvent(type=run_pb2.RUN_EVENT_TYPE_BOOKMARK, sequence=sequence)
@@ -482,11 +491,16 @@ class EventFollower:
             raise self._shutdown_error()
         subscription = _Subscription(interrupt, handed=after_sequence)
         self._subscriptions.add(subscription)
-        cursor = after_sequence
         bookmark_interval = self.settings.bookmark_interval
         limit = self.settings.batch_size
         last_sent = time.monotonic()
         try:
+            # The retained log is what the database holds (the buffer may still have events
+            # pruned since): check the cursor against it, and start a replay from 0 at its oldest.
+            oldest = await store.read(events.oldest_sequence)
+            if after_sequence > 0 and oldest > after_sequence + 1:
+                raise compacted(after_sequence, oldest)
+            cursor = max(after_sequence, oldest - 1)
             while True:
                 if self._closed:
                     raise self._shutdown_error()
@@ -504,13 +518,8 @@ class EventFollower:
                     # Replay, or fell behind the buffer: read the database, filtered, in batches.
                     page = await store.read(functools.partial(_read_page, cursor, event_filter, limit))
                     if cursor > 0 and page.oldest > cursor + 1:
-                        raise OutOfRange(
-                            f"after_sequence {cursor} is older than the retained log, which starts "
-                            f"at sequence {page.oldest}; list the current state and watch from its "
-                            "head_sequence",
-                            reason="SEQUENCE_COMPACTED",
-                            metadata={"oldest_sequence": str(page.oldest), "after_sequence": str(cursor)},
-                        )
+                        # Pruned while this stream was behind.
+                        raise compacted(cursor, page.oldest)
                     for item in page.events:
                         if self._closed:
                             raise self._shutdown_error()
