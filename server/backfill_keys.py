@@ -107,7 +107,9 @@ def backfill_keys(
         if not dry_run and touched:
             positions = {key: resolve_positions(definition, key, now, register=False) for key in touched}
             for asset_id in sorted(definition.partitioned_asset_ids):
-                partition_state.rebuild_slice(asset_id, "", partition_state.DETACHED_POSITION)
+                partition_state.rebuild_slice(
+                    asset_id, "", partition_state.SlicePosition(partition_state.DETACHED_POSITION, None)
+                )
                 for key, by_asset in positions.items():
                     partition_state.rebuild_slice(asset_id, key, by_asset[asset_id])
         return True

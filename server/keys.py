@@ -10,9 +10,12 @@ from datetime import datetime
 
 from server.catalog import WorkflowDefinition
 from server.domain.errors import InvalidArgument, ResourceExhausted
-from server.domain.partitions import DynamicSpec, check_key_syntax
+from server.domain.partitions import DynamicSpec, StaticSpec, check_key_syntax
 from storage import dynamic_partitions
 from storage.models import micros
+from storage.partition_state import SlicePosition
+
+UNPARTITIONED = SlicePosition(0, None)
 
 
 def resolve_positions(
@@ -22,15 +25,15 @@ def resolve_positions(
     *,
     field: str = "partition_key",
     register: bool = True,
-) -> dict[str, int]:
-    """Position of `key` in each partitioned asset the workflow produces (unpartitioned workflow: every
-    asset at key '' with position 0). Raises InvalidArgument when the key does not belong."""
+) -> dict[str, SlicePosition]:
+    """Where `key` sits in each partitioned asset the workflow produces (unpartitioned workflow:
+    every asset at key '', position 0). Raises InvalidArgument when the key does not belong."""
     if definition.spec is None:
         if key:
             raise InvalidArgument.for_field(
                 field, f"must be empty: workflow {definition.slug!r} is not partitioned (got {key[:64]!r})"
             )
-        return dict.fromkeys(definition.produced_asset_ids, 0)
+        return dict.fromkeys(definition.produced_asset_ids, UNPARTITIONED)
     if not key:
         raise InvalidArgument.for_field(
             field, f"is required: workflow {definition.slug!r} is partitioned ({_describe(definition)})"
@@ -38,13 +41,14 @@ def resolve_positions(
     spec = definition.spec
     if not isinstance(spec, DynamicSpec):
         position = spec.validate_key(key, now, field)
-        return dict.fromkeys(definition.partitioned_asset_ids, position)
+        ordinal = position if isinstance(spec, StaticSpec) else spec.index_of(key, field)
+        return dict.fromkeys(definition.partitioned_asset_ids, SlicePosition(position, ordinal))
     check_key_syntax(key, field)
     positions = {}
     for asset_id in sorted(definition.partitioned_asset_ids):
         row = dynamic_partitions.registry_row(asset_id, key)
         if row is not None and row.delete_time is None:
-            positions[asset_id] = int(row.id)
+            positions[asset_id] = SlicePosition(int(row.id), None)
             continue
         if row is not None:
             raise InvalidArgument.for_field(
@@ -68,7 +72,7 @@ def resolve_positions(
                 reason="DYNAMIC_KEY_LIMIT",
                 metadata={"asset_id": asset_id, "max_keys": str(spec.max_keys)},
             )
-        positions[asset_id] = dynamic_partitions.register(asset_id, key, micros(now))
+        positions[asset_id] = SlicePosition(dynamic_partitions.register(asset_id, key, micros(now)), None)
     return positions
 
 

@@ -95,7 +95,7 @@ def state_assets(definition: WorkflowDefinition | None, run: Run) -> list[str]:
 def enqueue_tx(
     outbox: Outbox,
     new_run: runs.NewRun,
-    positions: dict[str, int],
+    positions: dict[str, partition_state.SlicePosition],
     now: datetime,
     *,
     use_existing: bool,

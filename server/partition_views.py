@@ -22,9 +22,8 @@ MISSING = "MISSING"
 STATUSES = ("MISSING", "MATERIALIZED", "FAILED", "IN_PROGRESS")
 # A page walk reads this many keys at a time.
 WALK_CHUNK = 512
-# When only MISSING keys are wanted, windows of keys that all have rows are skipped by counting
-# (the window doubling while they last, halving down to this size once one holds a gap).
-GAP_CHUNK = 32
+# Ordinals per bucket of the trigger-kept `partition_bucket` aggregate (migration 3).
+BUCKET_SIZE = 64
 
 
 @dataclass
@@ -51,7 +50,8 @@ def _position_at(spec: TimeWindowSpec | StaticSpec, index: int) -> int:
 
 
 def status_counts(definition: WorkflowDefinition, asset_id: str, as_of: datetime) -> dict[str, int]:
-    """Partitions per status over every key of the definition as of `as_of`."""
+    """Partitions per status over every key of the definition as of `as_of`: the trigger-kept
+    counters, less the rows of keys outside the definition's range then (usually none)."""
     spec = _asset_spec(definition, asset_id)
     counts = dict.fromkeys(STATUSES, 0)
     if spec is None:
@@ -65,12 +65,13 @@ def status_counts(definition: WorkflowDefinition, asset_id: str, as_of: datetime
     total = spec.count(as_of)
     if total == 0:
         return counts
-    found = partition_state.status_counts_between(
+    kept = partition_state.status_counts(asset_id)
+    outside = partition_state.status_counts_outside(
         asset_id, _position_at(spec, 0), _position_at(spec, total - 1)
     )
-    for status, count in found.items():
+    for status in STATUSES:
         if status != MISSING:
-            counts[status] = count
+            counts[status] = kept.get(status, 0) - outside.get(status, 0)
     counts[MISSING] = total - sum(counts[s] for s in STATUSES if s != MISSING)
     return counts
 
@@ -136,27 +137,15 @@ def _page_by_walking(
     counts: dict[str, int],
     total: int,
 ) -> PartitionPage:
-    """MISSING keys wanted: walk the definition's keys in chunks, joining their state rows."""
+    """MISSING keys wanted: walk the definition's keys in chunks, joining their state rows; when
+    only MISSING keys are wanted, visit only the buckets of ordinals that hold one."""
     index = int(cursor.get("index", 0))
+    if wanted == {MISSING}:
+        return _missing_page(spec, asset_id, key_count, as_of, index, limit, counts, total)
     entries: list[tuple[str, PartitionState | None]] = []
     next_index: int | None = None
-    only_missing = wanted == {MISSING}
-    stride = GAP_CHUNK
     while index < key_count and next_index is None:
-        if only_missing:
-            end = min(index + stride, key_count) - 1
-            covered = partition_state.touched_count_between(
-                asset_id, _position_at(spec, index), _position_at(spec, end)
-            )
-            if covered == end - index + 1:
-                index = end + 1
-                stride *= 2
-                continue
-            if stride > GAP_CHUNK:
-                stride //= 2  # a gap lies ahead: narrow the window down to it
-                continue
-        size = stride if only_missing else WALK_CHUNK
-        chunk = spec.keys_page(index, min(size, key_count - index), as_of)
+        chunk = spec.keys_page(index, min(WALK_CHUNK, key_count - index), as_of)
         rows = partition_state.rows_for_keys(asset_id, chunk)
         for offset, key in enumerate(chunk):
             state = rows.get(key)
@@ -169,3 +158,38 @@ def _page_by_walking(
         index += len(chunk)
     following = {"index": next_index} if next_index is not None else None
     return PartitionPage(entries, counts, following, total)
+
+
+def _missing_page(
+    spec: TimeWindowSpec | StaticSpec,
+    asset_id: str,
+    key_count: int,
+    as_of: datetime,
+    index: int,
+    limit: int,
+    counts: dict[str, int],
+    total: int,
+) -> PartitionPage:
+    missing: list[int] = []
+    bucket = index // BUCKET_SIZE
+    last_bucket = (key_count - 1) // BUCKET_SIZE
+    while bucket <= last_bucket and len(missing) <= limit:
+        shorts = partition_state.short_buckets(asset_id, bucket, last_bucket, BUCKET_SIZE, limit + 1)
+        if not shorts:
+            break
+        for short in shorts:
+            first = max(short * BUCKET_SIZE, index)
+            last = min(short * BUCKET_SIZE + BUCKET_SIZE, key_count) - 1
+            touched = partition_state.touched_ordinals(asset_id, first, last)
+            missing.extend(ordinal for ordinal in range(first, last + 1) if ordinal not in touched)
+            bucket = short + 1
+            if len(missing) > limit:
+                break
+    page = missing[:limit]
+    keys = [
+        spec.key_for_index(ordinal) if isinstance(spec, TimeWindowSpec) else spec.key_list[ordinal]
+        for ordinal in page
+    ]
+    rows = partition_state.rows_for_keys(asset_id, keys)
+    following = {"index": missing[limit]} if len(missing) > limit else None
+    return PartitionPage([(key, rows.get(key)) for key in keys], counts, following, total)

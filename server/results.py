@@ -17,6 +17,7 @@ from server.domain.errors import InvalidArgument, ViolationCollector
 from storage import materializations, partition_state
 from storage.events import NewEvent, Outbox
 from storage.models import Run
+from storage.partition_state import SlicePosition
 
 
 def validated_result_assets(
@@ -75,7 +76,7 @@ def record_materializations(
     reported: list[tuple[asset_pb2.ResultAsset, str]],
     run: Run | None,
     now_us: int,
-    positions_of: dict[tuple[str, str], int],
+    positions_of: dict[tuple[str, str], SlicePosition],
 ) -> list[materializations.Materialization]:
     """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events."""
     recorded = []
@@ -117,17 +118,17 @@ def resolve_result_positions(
     reported: list[tuple[asset_pb2.ResultAsset, str]],
     fields: Sequence[str],
     now: datetime,
-) -> dict[tuple[str, str], int]:
+) -> dict[tuple[str, str], SlicePosition]:
     """Positions of every reported (asset, key); a key not valid for its asset is INVALID_ARGUMENT."""
-    positions: dict[tuple[str, str], int] = {}
-    cache: dict[str, dict[str, int]] = {}
+    positions: dict[tuple[str, str], SlicePosition] = {}
+    cache: dict[str, dict[str, SlicePosition]] = {}
     for (asset, key), field in zip(reported, fields, strict=True):
         if asset.asset_id not in definition.partitioned_asset_ids:
             if key:
                 raise InvalidArgument.for_field(
                     f"{field}.partition_key", f"asset {asset.asset_id!r} is not partitioned; omit the key"
                 )
-            positions[(asset.asset_id, key)] = 0
+            positions[(asset.asset_id, key)] = keys.UNPARTITIONED
             continue
         if key not in cache:
             cache[key] = keys.resolve_positions(

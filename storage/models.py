@@ -119,6 +119,8 @@ class PartitionState(BaseModel):
     latest_materialization_time = pw.BigIntegerField(null=True)
     latest_failure_time = pw.BigIntegerField(null=True)
     update_time = pw.BigIntegerField()
+    # Index in the definition's key list (migration 3); None for dynamic keys and detached rows.
+    ordinal = pw.BigIntegerField(null=True)
 
     class Meta:
         primary_key = pw.CompositeKey("asset_id", "partition_key")

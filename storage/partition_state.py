@@ -9,9 +9,20 @@ concurrent transitions of different runs cannot overwrite each other's facts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 from storage import sql
 from storage.models import PartitionState
+
+
+class SlicePosition(NamedTuple):
+    """Where a key sits in its asset's definition: `position` orders keys (window start in epoch
+    seconds, static index, registry sequence); `ordinal` is its index in the key list, for the
+    kinds that have one (None for dynamic keys)."""
+
+    position: int
+    ordinal: int | None
+
 
 IN_PROGRESS = "IN_PROGRESS"
 MATERIALIZED = "MATERIALIZED"
@@ -26,18 +37,18 @@ _SETTLED_STATUS = """CASE
     ELSE 'MATERIALIZED' END"""
 
 
-def mark_in_flight(positions: Mapping[str, int], partition_key: str, run_id: int, now: int) -> None:
+def mark_in_flight(positions: Mapping[str, SlicePosition], partition_key: str, run_id: int, now: int) -> None:
     """A run for the slice was queued: the slice of each asset (at its position) is IN_PROGRESS
     and this is its latest run."""
-    for asset_id, position in positions.items():
+    for asset_id, (position, ordinal) in positions.items():
         sql.execute(
-            "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
-            "in_flight_run_id, update_time) VALUES (%s, %s, %s, 'IN_PROGRESS', %s, %s, %s) "
+            "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
+            "in_flight_run_id, update_time) VALUES (%s, %s, %s, %s, 'IN_PROGRESS', %s, %s, %s) "
             "ON CONFLICT (asset_id, partition_key) DO UPDATE SET status = 'IN_PROGRESS', "
             "latest_run_id = excluded.latest_run_id, in_flight_run_id = excluded.in_flight_run_id, "
-            "position = excluded.position, update_time = excluded.update_time "
+            "position = excluded.position, ordinal = excluded.ordinal, update_time = excluded.update_time "
             "WHERE partition_state.latest_run_id IS NULL OR partition_state.latest_run_id <= excluded.latest_run_id",
-            (asset_id, partition_key, position, run_id, run_id, now),
+            (asset_id, partition_key, position, ordinal, run_id, run_id, now),
         )
 
 
@@ -58,13 +69,18 @@ def settle(asset_ids: Sequence[str], partition_key: str, run_id: int, failed: bo
 
 
 def record_materialization(
-    asset_id: str, partition_key: str, position: int, materialization_id: int, run_id: int | None, now: int
+    asset_id: str,
+    partition_key: str,
+    where: SlicePosition,
+    materialization_id: int,
+    run_id: int | None,
+    now: int,
 ) -> None:
     """A materialization of the slice was recorded; if `run_id` was its in-flight run, that run ended."""
     sql.execute(
-        "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
+        "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
         "latest_materialization_id, latest_materialization_time, update_time) "
-        "VALUES (%s, %s, %s, 'MATERIALIZED', %s, %s, %s, %s) "
+        "VALUES (%s, %s, %s, %s, 'MATERIALIZED', %s, %s, %s, %s) "
         "ON CONFLICT (asset_id, partition_key) DO UPDATE SET "
         "in_flight_run_id = CASE WHEN partition_state.in_flight_run_id = %s THEN NULL "
         "ELSE partition_state.in_flight_run_id END, "
@@ -75,7 +91,18 @@ def record_materialization(
         "update_time = excluded.update_time "
         "WHERE partition_state.latest_materialization_id IS NULL "
         "OR partition_state.latest_materialization_id < excluded.latest_materialization_id",
-        (asset_id, partition_key, position, run_id, materialization_id, now, now, run_id or -1, run_id or -1),
+        (
+            asset_id,
+            partition_key,
+            where.position,
+            where.ordinal,
+            run_id,
+            materialization_id,
+            now,
+            now,
+            run_id or -1,
+            run_id or -1,
+        ),
     )
 
 
@@ -86,9 +113,15 @@ def rebuild_state() -> None:
     _rebuild("", (), "0")
 
 
-def rebuild_slice(asset_id: str, partition_key: str, position: int) -> None:
+def rebuild_slice(asset_id: str, partition_key: str, where: SlicePosition) -> None:
     """Re-derives one slice's row from history (removing it when the slice has none)."""
-    _rebuild("WHERE s.asset_id = %s AND s.partition_key = %s", (asset_id, partition_key), str(int(position)))
+    _rebuild(
+        "WHERE s.asset_id = %s AND s.partition_key = %s", (asset_id, partition_key), str(int(where.position))
+    )
+    sql.execute(
+        "UPDATE partition_state SET ordinal = %s WHERE asset_id = %s AND partition_key = %s",
+        (where.ordinal, asset_id, partition_key),
+    )
     sql.execute(
         "DELETE FROM partition_state WHERE asset_id = %s AND partition_key = %s AND latest_run_id IS NULL "
         "AND latest_materialization_id IS NULL",
@@ -136,19 +169,19 @@ def _rebuild(slice_filter: str, params: Sequence[object], position: str) -> None
 DETACHED_POSITION = -(2**62)
 
 
-def reposition(asset_id: str, position_of: Callable[[str], int | None], now: int) -> int:
-    """Recomputes every state row's position under a new definition; returns how many moved."""
+def reposition(asset_id: str, position_of: Callable[[str], SlicePosition | None], now: int) -> int:
+    """Recomputes every state row's position and ordinal under a new definition (keys that left
+    it are detached); returns how many rows moved."""
     moved = 0
-    for key, position in sql.rows(
-        "SELECT partition_key, position FROM partition_state WHERE asset_id = %s", (asset_id,)
+    for key, position, ordinal in sql.rows(
+        "SELECT partition_key, position, ordinal FROM partition_state WHERE asset_id = %s", (asset_id,)
     ):
-        new_position = position_of(key)
-        if new_position is None:
-            new_position = DETACHED_POSITION
-        if new_position != position:
+        new = position_of(key) or SlicePosition(DETACHED_POSITION, None)
+        if new != (position, ordinal):
             sql.execute(
-                "UPDATE partition_state SET position = %s, update_time = %s WHERE asset_id = %s AND partition_key = %s",
-                (new_position, now, asset_id, key),
+                "UPDATE partition_state SET position = %s, ordinal = %s, update_time = %s "
+                "WHERE asset_id = %s AND partition_key = %s",
+                (new.position, new.ordinal, now, asset_id, key),
             )
             moved += 1
     return moved
@@ -161,27 +194,6 @@ def rows_for_keys(asset_id: str, partition_keys: Sequence[str]) -> dict[str, Par
         (PartitionState.asset_id == asset_id) & PartitionState.partition_key.in_(list(partition_keys))
     )
     return {row.partition_key: row for row in query}
-
-
-def status_counts_between(asset_id: str, low: int, high: int) -> dict[str, int]:
-    """Rows per status among positions low..high (inclusive); keys without a row are not counted."""
-    rows = sql.rows(
-        "SELECT status, COUNT(*) FROM partition_state WHERE asset_id = %s AND position BETWEEN %s AND %s "
-        "GROUP BY status",
-        (asset_id, low, high),
-    )
-    return {status: int(count) for status, count in rows}
-
-
-def touched_count_between(asset_id: str, low: int, high: int) -> int:
-    """Rows whose status is not MISSING among positions low..high: keys with something to show."""
-    return int(
-        sql.scalar(
-            "SELECT COUNT(*) FROM partition_state WHERE asset_id = %s AND position BETWEEN %s AND %s "
-            "AND status <> 'MISSING'",
-            (asset_id, low, high),
-        )
-    )
 
 
 def rows_between(
@@ -232,3 +244,55 @@ def dynamic_status_counts(asset_id: str) -> tuple[dict[str, int], int]:
     )
     counts = {status: int(count) for status, count in rows}
     return counts, sum(counts.values())
+
+
+def status_counts(asset_id: str) -> dict[str, int]:
+    """Rows per status of the asset, from the trigger-kept counters (no scan)."""
+    rows = sql.rows("SELECT status, count FROM partition_status_count WHERE asset_id = %s", (asset_id,))
+    return {status: int(count) for status, count in rows if count}
+
+
+def status_counts_outside(asset_id: str, low: int, high: int) -> dict[str, int]:
+    """Rows per status whose position is outside low..high: rows of keys that are not (or no
+    longer) in the definition as of some time, to take away from the counters."""
+    rows = sql.rows(
+        "SELECT status, COUNT(*) FROM partition_state WHERE asset_id = %s AND (position < %s OR position > %s) "
+        "GROUP BY status",
+        (asset_id, low, high),
+    )
+    return {status: int(count) for status, count in rows}
+
+
+def short_buckets(asset_id: str, first_bucket: int, last_bucket: int, full: int, limit: int) -> list[int]:
+    """Buckets in first..last (inclusive) with fewer than `full` touched keys — including those
+    with no row at all — in order: where MISSING keys can be."""
+    found = sql.rows(
+        "SELECT bucket, touched FROM partition_bucket WHERE asset_id = %s AND bucket BETWEEN %s AND %s "
+        "ORDER BY bucket",
+        (asset_id, first_bucket, last_bucket),
+    )
+    short: list[int] = []
+    expected = first_bucket
+    for bucket, touched in found:
+        while expected < bucket and len(short) < limit:
+            short.append(expected)
+            expected += 1
+        if len(short) >= limit:
+            return short
+        if touched < full:
+            short.append(int(bucket))
+        expected = int(bucket) + 1
+    while expected <= last_bucket and len(short) < limit:
+        short.append(expected)
+        expected += 1
+    return short
+
+
+def touched_ordinals(asset_id: str, first: int, last: int) -> set[int]:
+    """Ordinals in first..last whose row's status is not MISSING."""
+    rows = sql.rows(
+        "SELECT ordinal FROM partition_state WHERE asset_id = %s AND ordinal BETWEEN %s AND %s "
+        "AND status <> 'MISSING'",
+        (asset_id, first, last),
+    )
+    return {int(row[0]) for row in rows}

@@ -19,12 +19,20 @@ from server.domain.errors import (
     NotFound,
     ViolationCollector,
 )
-from server.domain.partitions import DynamicSpec, PartitionSpec, is_partitioning_change, positions_stable
+from server.domain.partitions import (
+    DynamicSpec,
+    PartitionSpec,
+    StaticSpec,
+    TimeWindowSpec,
+    is_partitioning_change,
+    positions_stable,
+)
 from server.domain.retry import retry_policy_violations
 from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_violations
 from storage import dynamic_partitions, partition_state, workflows
 from storage.events import Outbox
 from storage.models import micros
+from storage.partition_state import SlicePosition
 
 
 def _kind(spec: PartitionSpec | None) -> str:
@@ -75,21 +83,26 @@ def _validated_assets(workflow: workflow_pb2.Workflow) -> list[ProducedAsset]:
 
 
 def _positions_stable(old: PartitionSpec | None, new: PartitionSpec | None) -> bool:
+    """Whether stored positions and ordinals stay right under `new` (else rows are re-positioned)."""
     if old is None or new is None:
         return old is None and new is None
+    if isinstance(old, TimeWindowSpec) and isinstance(new, TimeWindowSpec):
+        # A moved start keeps window starts but shifts every key's index.
+        return positions_stable(old, new) and old.first_window_start == new.first_window_start
     return positions_stable(old, new)
 
 
-def _position_function(spec: PartitionSpec | None) -> Callable[[str], int | None]:
+def _position_function(spec: PartitionSpec | None) -> Callable[[str], SlicePosition | None]:
     """Where a stored key sits under `spec` (None: the key is not one of its keys)."""
 
-    def position_of(key: str) -> int | None:
+    def position_of(key: str) -> SlicePosition | None:
         if spec is None:
-            return 0 if key == "" else None
+            return SlicePosition(0, None) if key == "" else None
         if isinstance(spec, DynamicSpec) or key == "":
             return None
         try:
-            return spec.position(key)
+            position = spec.position(key)
+            return SlicePosition(position, position if isinstance(spec, StaticSpec) else spec.index_of(key))
         except InvalidArgument:
             return None
 

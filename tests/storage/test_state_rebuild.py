@@ -21,6 +21,7 @@ from storage import partition_state, sql
 from storage.database import connect
 from storage.models import bind_models
 from tests.harness import RunningServer
+from tests.storage.test_migrations import aggregates_agree
 
 KEYS = [f"k{i}" for i in range(8)]
 COLUMNS = (
@@ -100,6 +101,8 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
 
     db = connect(server.database_url)
     bind_models(db)
+    with db.connection_context():
+        aggregates_agree(db)
     with db.connection_context(), db.atomic() as transaction:
         incremental = sql.rows(f"SELECT {COLUMNS} FROM partition_state ORDER BY asset_id, partition_key")
         partition_state.rebuild_state()
