@@ -74,13 +74,15 @@ def _fill(database: Path, asset_id: str, every: int) -> None:
             ),
         )
         connection.executemany(
-            "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_materialization_id, "
-            "latest_materialization_time, update_time) VALUES (?, ?, ?, 'MATERIALIZED', ?, ?, ?)",
+            "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, "
+            "latest_materialization_id, latest_materialization_time, update_time) "
+            "VALUES (?, ?, ?, ?, 'MATERIALIZED', ?, ?, ?)",
             (
                 (
                     asset_id,
                     (START + timedelta(hours=i)).strftime("%Y-%m-%d-%H:%M"),
                     int((START + timedelta(hours=i)).timestamp()),
+                    i,
                     first_id + n,
                     created,
                     created,

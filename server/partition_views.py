@@ -144,8 +144,16 @@ def _page_by_walking(
         return _missing_page(spec, asset_id, key_count, as_of, index, limit, counts, total)
     entries: list[tuple[str, PartitionState | None]] = []
     next_index: int | None = None
+    windows: dict[str, tuple[datetime, datetime]] = {}
     while index < key_count and next_index is None:
-        chunk = spec.keys_page(index, min(WALK_CHUNK, key_count - index), as_of)
+        size = min(WALK_CHUNK, key_count - index)
+        if isinstance(spec, TimeWindowSpec):
+            chunk = []
+            for key, window in spec.windows_page(index, size, as_of):
+                chunk.append(key)
+                windows[key] = (window.start, window.end)
+        else:
+            chunk = spec.keys_page(index, size, as_of)
         rows = partition_state.rows_for_keys(asset_id, chunk)
         for offset, key in enumerate(chunk):
             state = rows.get(key)
@@ -157,7 +165,7 @@ def _page_by_walking(
             entries.append((key, state))
         index += len(chunk)
     following = {"index": next_index} if next_index is not None else None
-    return PartitionPage(entries, counts, following, total)
+    return PartitionPage(entries, counts, following, total, windows)
 
 
 def _missing_page(

@@ -25,7 +25,7 @@ from server.domain.names import asset_id_violation
 from server.domain.partitions import DynamicSpec, TimeWindowSpec, check_key_syntax
 from server.partition_views import STATUSES, list_partitions, status_counts, status_of
 from server.results import record_materializations, resolve_result_positions, validated_result_assets
-from storage import dynamic_partitions, events, materializations, workflows
+from storage import dynamic_partitions, events, materializations, sql, workflows
 from storage.events import Outbox
 from storage.models import Materialization, PartitionState, Run, from_micros, micros
 
@@ -77,8 +77,15 @@ def check_keys(partition_keys: list[str], field: str) -> None:
     collector.raise_if_any("invalid partition keys")
 
 
+def _id_in(ids: list[int]) -> str:
+    return f"id IN ({', '.join(['%s'] * len(ids))})"
+
+
 def summaries(
-    definition: WorkflowDefinition, asset_id: str, entries: list[tuple[str, PartitionState | None]]
+    definition: WorkflowDefinition,
+    asset_id: str,
+    entries: list[tuple[str, PartitionState | None]],
+    windows: dict[str, tuple[datetime, datetime]] | None = None,
 ) -> list[asset_pb2.PartitionSummary]:
     """Inside a transaction: full summaries, loading the page's runs and materializations at once."""
     run_ids = [s.latest_run_id for _, s in entries if s is not None and s.latest_run_id is not None]
@@ -87,13 +94,17 @@ def summaries(
         for _, s in entries
         if s is not None and s.latest_materialization_id is not None
     ]
-    run_rows = {row.id: row for row in Run.select().where(Run.id.in_(run_ids))} if run_ids else {}
+    run_rows = {row.id: row for row in sql.select_models(Run, _id_in(run_ids), run_ids)} if run_ids else {}
     materialization_rows = (
-        {row.id: row for row in Materialization.select().where(Materialization.id.in_(materialization_ids))}
+        {
+            row.id: row
+            for row in sql.select_models(Materialization, _id_in(materialization_ids), materialization_ids)
+        }
         if materialization_ids
         else {}
     )
     spec = definition.spec if asset_id in definition.partitioned_asset_ids else None
+    windows = windows or {}
     result = []
     for key, state in entries:
         summary = asset_pb2.PartitionSummary(
@@ -106,9 +117,13 @@ def summaries(
                 materialization_message(materialization_rows[state.latest_materialization_id])
             )
         if isinstance(spec, TimeWindowSpec) and key:
-            window = spec.window(key)
-            summary.window_start.FromDatetime(window.start)
-            summary.window_end.FromDatetime(window.end)
+            bounds = windows.get(key)
+            if bounds is None:
+                window = spec.window(key)
+                bounds = (window.start, window.end)
+            start, end = bounds
+            summary.window_start.FromSeconds(int(start.timestamp()))
+            summary.window_end.FromSeconds(int(end.timestamp()))
         result.append(summary)
     return result
 
@@ -229,7 +244,7 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             definition = require_producer(self.context, request.asset_id)
             page = list_partitions(definition, request.asset_id, statuses, as_of, cursor, limit)
             response = asset_pb2.ListPartitionsResponse(
-                partitions=summaries(definition, request.asset_id, page.entries),
+                partitions=summaries(definition, request.asset_id, page.entries, page.windows),
                 status_counts=status_count_messages(page.counts),
                 head_sequence=int(position.get("head", head)),
                 total_size=page.total_matching,
