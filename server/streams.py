@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from partita.v1 import run_pb2
 from server.api.messages import event_message
@@ -144,7 +144,8 @@ class BufferedEvent:
     response: run_pb2.WatchRunsResponse
 
     @classmethod
-    def of(cls, row: RunEvent) -> BufferedEvent:
+    def of(cls, row: RunEvent | Any) -> BufferedEvent:
+        """From a RunEvent, or a row with its attribute names (`events.scan_events`)."""
         return cls(
             row.sequence,
             row.workflow_slug,
@@ -203,6 +204,26 @@ def compacted(after_sequence: int, oldest: int) -> OutOfRange:
     )
 
 
+# What wakes a waiting stream besides the ticker: a batch with its run, backfill or workflow.
+WakeKey = tuple[str, object]
+
+
+def _wake_key(event_filter: EventFilter) -> WakeKey | None:
+    if event_filter.run_id is not None:
+        return ("run", event_filter.run_id)
+    if event_filter.backfill_id is not None:
+        return ("backfill", event_filter.backfill_id)
+    if event_filter.workflow_slug:
+        return ("workflow", event_filter.workflow_slug)
+    return None
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
 def bookmark(sequence: int) -> run_pb2.WatchRunsResponse:
     return run_pb2.WatchRunsResponse(
         event=run_pb2.RunEvent(type=run_pb2.RUN_EVENT_TYPE_BOOKMARK, sequence=sequence)
@@ -225,7 +246,7 @@ def _read_page(after_sequence: int, event_filter: EventFilter, limit: int) -> _P
 
 def _read_new(after_sequence: int, limit: int) -> list[BufferedEvent]:
     """On a reader thread: the next batch of the whole log for the follower."""
-    return [BufferedEvent.of(row) for row in events.events_after(after_sequence, limit)]
+    return [BufferedEvent.of(row) for row in events.event_rows_after(after_sequence, limit)]
 
 
 # Ends a stream from outside its handler (the handler may be stuck sending): the servicer
@@ -270,7 +291,12 @@ class EventFollower:
         self._count = 0  # events ever appended; the ring holds indexes [count - capacity, count)
         self._base: int | None = None  # the buffer holds every event in (base, head]; None: not started
         self._head = 0
-        self._changed: asyncio.Future[None] | None = None
+        # Streams waiting for new events: those that want every batch, and those woken only by
+        # batches holding their run, backfill or workflow (see `_wake_key`). A ticker wakes them
+        # all every `tick` seconds so idle ones can send bookmarks.
+        self._waiting: list[asyncio.Future[None]] = []
+        self._waiting_for: dict[WakeKey, list[asyncio.Future[None]]] = {}
+        self.tick = max(0.01, min(2.5, self.settings.bookmark_interval / 4))
         self._wake = asyncio.Event()
         self._closed = False
         self._subscriptions: set[_Subscription] = set()
@@ -314,7 +340,7 @@ class EventFollower:
             return
         self._closed = True
         self._wake.set()
-        self._notify()
+        self._notify_all()
         for subscription in list(self._subscriptions):
             if subscription.sending_since:
                 # Stuck sending: it would not notice until its client reads.
@@ -323,16 +349,42 @@ class EventFollower:
     def _shutdown_error(self) -> Unavailable:
         return Unavailable(SHUTDOWN_MESSAGE, reason="SERVER_SHUTTING_DOWN")
 
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None and not changed.done():
-            changed.set_result(None)
+    def _notify_all(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        keyed, self._waiting_for = self._waiting_for, {}
+        _resolve(waiting)
+        for futures in keyed.values():
+            _resolve(futures)
 
-    async def _wait_change(self, timeout: float) -> None:
-        """Returns when the buffer changed (or the follower started or closed), or after `timeout`."""
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        await asyncio.wait((self._changed,), timeout=max(timeout, 0.0))
+    def _notify_batch(self, batch: list[BufferedEvent]) -> None:
+        """Wakes the streams that may want something in `batch`."""
+        waiting, self._waiting = self._waiting, []
+        _resolve(waiting)
+        if self._waiting_for:
+            keys: set[WakeKey] = set()
+            for item in batch:
+                keys.add(("workflow", item.workflow_slug))
+                if item.run_id is not None:
+                    keys.add(("run", item.run_id))
+                if item.backfill_id is not None:
+                    keys.add(("backfill", item.backfill_id))
+            for key in keys:
+                futures = self._waiting_for.pop(key, None)
+                if futures:
+                    _resolve(futures)
+
+    def _waiter(self, key: WakeKey | None) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if key is None:
+            self._waiting.append(future)
+        else:
+            self._waiting_for.setdefault(key, []).append(future)
+        return future
+
+    async def _ticker(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.tick)
+            self._notify_all()
 
     def _append(self, batch: list[BufferedEvent]) -> None:
         capacity = self._capacity
@@ -371,6 +423,7 @@ class EventFollower:
         helpers = [
             asyncio.create_task(self._close_when(stopping), name="watch-stop"),
             asyncio.create_task(self._watchdog(), name="watch-watchdog"),
+            asyncio.create_task(self._ticker(), name="watch-ticker"),
         ]
         try:
             await self._start(store)
@@ -411,7 +464,7 @@ class EventFollower:
                 await asyncio.sleep(min(5.0, 0.05 * 2**failures))
                 continue
             self._base = self._head = head
-            self._notify()
+            self._notify_all()
             return
 
     async def _catch_up(self, store: Store) -> None:
@@ -420,7 +473,7 @@ class EventFollower:
             batch = await store.read(functools.partial(_read_new, self._head, limit))
             if batch:
                 self._append(batch)
-                self._notify()
+                self._notify_batch(batch)
             if len(batch) < limit:
                 return
 
@@ -501,18 +554,10 @@ class EventFollower:
             if after_sequence > 0 and oldest > after_sequence + 1:
                 raise compacted(after_sequence, oldest)
             cursor = max(after_sequence, oldest - 1)
+            wake_key = _wake_key(event_filter)
             while True:
                 if self._closed:
                     raise self._shutdown_error()
-                if time.monotonic() - last_sent >= bookmark_interval:
-                    subscription.handed = cursor
-                    subscription.sending_since = time.monotonic()
-                    yield bookmark(cursor)
-                    subscription.sending_since = 0.0
-                    if subscription.interrupted:
-                        return
-                    last_sent = time.monotonic()
-                    continue
                 base = self._base
                 if base is None or cursor < base:
                     # Replay, or fell behind the buffer: read the database, filtered, in batches.
@@ -532,17 +577,23 @@ class EventFollower:
                         cursor = item.sequence
                         last_sent = time.monotonic()
                     cursor = max(cursor, page.scanned)
-                    if cursor < page.head:
-                        continue
-                    if self._base is None or cursor > self._head:
+                    if time.monotonic() - last_sent >= bookmark_interval:
+                        subscription.handed = cursor
+                        subscription.sending_since = time.monotonic()
+                        yield bookmark(cursor)
+                        subscription.sending_since = 0.0
+                        if subscription.interrupted:
+                            return
+                        last_sent = time.monotonic()
+                    if cursor >= page.head and (self._base is None or cursor > self._head):
                         # The follower has not started, or has not yet read what the database
                         # showed us: wait for it (or for the next poll).
-                        await self._wait_change(
-                            min(
-                                self.settings.poll_interval,
-                                bookmark_interval - (time.monotonic() - last_sent),
-                            )
-                        )
+                        waiter = self._waiter(None)
+                        await asyncio.wait((waiter,), timeout=self.settings.poll_interval)
+                        if not waiter.done():
+                            waiter.cancel()
+                            with contextlib.suppress(ValueError):
+                                self._waiting.remove(waiter)
                     continue
                 # Live: walk the buffer from the cursor.
                 index = self._index_after(cursor)
@@ -566,9 +617,17 @@ class EventFollower:
                     cursor = live.sequence
                 else:
                     cursor = max(cursor, self._head)
-                    remaining = bookmark_interval - (time.monotonic() - last_sent)
-                    if remaining > 0 and not self._closed:
-                        await self._wait_change(remaining)
+                    if time.monotonic() - last_sent >= bookmark_interval:
+                        subscription.handed = cursor
+                        subscription.sending_since = time.monotonic()
+                        yield bookmark(cursor)
+                        subscription.sending_since = 0.0
+                        if subscription.interrupted:
+                            return
+                        last_sent = time.monotonic()
+                    elif not self._closed:
+                        # Woken by a batch that may match, by the ticker, or at close.
+                        await self._waiter(wake_key)
         finally:
             self._subscriptions.discard(subscription)
 

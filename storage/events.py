@@ -157,11 +157,12 @@ class EventFilter:
 
 @dataclass(frozen=True)
 class Scan:
-    """One step of reading the log for a watcher: the matching `rows` after the cursor, the
-    position the step has fully scanned through (`scanned`, >= every row's sequence), and the
-    oldest retained sequence (`oldest`, 0 for an empty log)."""
+    """One step of reading the log for a watcher: the matching `rows` after the cursor (named
+    tuples with RunEvent's column names, cheaper than model instances), the position the step
+    has fully scanned through (`scanned`, >= every row's sequence), and the oldest retained
+    sequence (`oldest`, 0 for an empty log)."""
 
-    rows: list[RunEvent]
+    rows: list[Any]
     scanned: int
     oldest: int
     head: int
@@ -183,9 +184,15 @@ def scan_events(after_sequence: int, event_filter: EventFilter, limit: int) -> S
     query = RunEvent.select().where((RunEvent.sequence > after_sequence) & (RunEvent.sequence <= head))
     if not event_filter.is_empty:
         query = query.where(event_filter.condition())
-    rows = list(query.order_by(RunEvent.sequence).limit(limit))
+    rows = list(query.order_by(RunEvent.sequence).limit(limit).namedtuples())
     scanned = rows[-1].sequence if len(rows) >= limit else head
     return Scan(rows, scanned, oldest, head)
+
+
+def event_rows_after(after_sequence: int, limit: int) -> list[Any]:
+    """Like `events_after`, as named tuples with RunEvent's column names (for the follower)."""
+    query = RunEvent.select().where(RunEvent.sequence > after_sequence).order_by(RunEvent.sequence)
+    return list(query.limit(limit).namedtuples())
 
 
 def prune_events(*, older_than_micros: int | None, keep_last: int | None, limit: int) -> int:

@@ -72,7 +72,12 @@ def watch(
     **request: Any,
 ) -> list[run_pb2.RunEvent]:
     """The events (bookmarks skipped) of one stream, read until it has scanned `until`."""
-    call = run_stub.WatchRuns(run_pb2.WatchRunsRequest(**request), timeout=timeout)
+    return read_until(run_stub.WatchRuns(run_pb2.WatchRunsRequest(**request), timeout=timeout), until)
+
+
+def read_until(call: Any, until: int) -> list[run_pb2.RunEvent]:
+    """The events (bookmarks skipped) of an open stream, read until it has scanned `until`;
+    cancels the call."""
     seen: list[run_pb2.RunEvent] = []
     try:
         for response in call:
@@ -145,6 +150,22 @@ def test_filtered_streams_see_exactly_their_events(
 ) -> None:
     running = launch()
     workflow_stub, run_stub, worker_stub = stubs(running)
+    filters: list[tuple[dict[str, Any], Callable[[run_pb2.RunEvent], bool]]] = [
+        ({"workflow_slug": "alpha"}, lambda e: e.workflow_slug == "alpha"),
+        ({"workflow_slug": "plain"}, lambda e: e.workflow_slug == "plain"),
+        ({"partition_keys": ["eu", "apac"]}, lambda e: e.partition_key in ("eu", "apac")),
+        ({"partition_keys": [""]}, lambda e: e.partition_key == ""),
+        (
+            {"workflow_slug": "beta", "partition_keys": ["us"]},
+            lambda e: (e.workflow_slug, e.partition_key) == ("beta", "us"),
+        ),
+        ({"run_id": "1"}, lambda e: e.run_id == "1"),
+        ({"backfill_id": "7"}, lambda e: e.backfill_id == "7"),
+        ({"backfill_id": "7", "partition_keys": ["us"]}, lambda e: False),
+        ({"workflow_slug": "ghost"}, lambda e: False),
+    ]
+    # Live streams, opened before anything happens.
+    live = [run_stub.WatchRuns(run_pb2.WatchRunsRequest(**request), timeout=30) for request, _ in filters]
     workload(workflow_stub, run_stub, worker_stub)
     # Backfills arrive with their own capability; their events are plain log rows.
     write_directly(
@@ -164,24 +185,11 @@ def test_filtered_streams_see_exactly_their_events(
     assert materialized and all(e.materialization_ids and e.asset_id for e in materialized)
     retry = next(e for e in everything if e.type == run_pb2.RUN_EVENT_TYPE_RETRY_SCHEDULED)
     assert retry.next_attempt_time.seconds > 0
+    assert len([e for e in everything if e.run_id == "1"]) >= 3
 
-    some_run = next(e.run_id for e in everything if e.type == run_pb2.RUN_EVENT_TYPE_SUCCEEDED)
-    filters: list[tuple[dict[str, Any], Callable[[run_pb2.RunEvent], bool]]] = [
-        ({"workflow_slug": "alpha"}, lambda e: e.workflow_slug == "alpha"),
-        ({"workflow_slug": "plain"}, lambda e: e.workflow_slug == "plain"),
-        ({"partition_keys": ["eu", "apac"]}, lambda e: e.partition_key in ("eu", "apac")),
-        ({"partition_keys": [""]}, lambda e: e.partition_key == ""),
-        (
-            {"workflow_slug": "beta", "partition_keys": ["us"]},
-            lambda e: (e.workflow_slug, e.partition_key) == ("beta", "us"),
-        ),
-        ({"run_id": some_run}, lambda e: e.run_id == some_run),
-        ({"backfill_id": "7"}, lambda e: e.backfill_id == "7"),
-        ({"backfill_id": "7", "partition_keys": ["us"]}, lambda e: False),
-        ({"workflow_slug": "ghost"}, lambda e: False),
-    ]
-    for request, wanted in filters:
+    for (request, wanted), call in zip(filters, live, strict=True):
         expected = [e for e in everything if wanted(e)]
+        assert read_until(call, last) == expected, request
         assert watch(run_stub, last, **request) == expected, request
         # The same from a cursor in the middle: exactly the later ones.
         middle = last // 2
