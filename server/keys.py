@@ -40,8 +40,10 @@ def resolve_positions(
         )
     spec = definition.spec
     if not isinstance(spec, DynamicSpec):
-        position = spec.validate_key(key, now, field)
-        ordinal = position if isinstance(spec, StaticSpec) else spec.index_of(key, field)
+        if isinstance(spec, StaticSpec):
+            position = ordinal = spec.validate_key(key, now, field)
+        else:
+            position, ordinal = spec.locate_key(key, now, field)
         return dict.fromkeys(definition.partitioned_asset_ids, SlicePosition(position, ordinal))
     check_key_syntax(key, field)
     positions = {}

@@ -444,11 +444,15 @@ class TimeWindowSpec:
 
     def validate_key(self, key: str, now: datetime, field: str = "partition_key") -> int:
         """Check `key` is one of the keys as of `now`; returns its position (window start, epoch s)."""
+        return self.locate_key(key, now, field)[0]
+
+    def locate_key(self, key: str, now: datetime, field: str = "partition_key") -> tuple[int, int]:
+        """Like `validate_key`, returning (position, index in the key list) from one parse."""
         tick = self._tick_for_key(key, field)
         index = self._schedule.tick_index(tick) - self._first
         last = self._last_index(now)
         if 0 <= index <= last:
-            return tick
+            return tick, index
         raise InvalidArgument.for_field(field, self._out_of_range(key, index, last, now))
 
     def _out_of_range(self, key: str, index: int, last: int, now: datetime | None) -> str:
