@@ -161,14 +161,15 @@ def run() -> list[dict[str, object]]:
                         50,
                     )
                 )
-                results.append(
-                    entry(
-                        f"list_partitions_1m_{label}_{name}_second_page",
-                        _median_ms(lambda r=later: assets.ListPartitions(r)),
-                        "ms",
-                        50,
+                if first.next_page_token:  # 99.99 % materialized has exactly 100 MISSING keys: one page
+                    results.append(
+                        entry(
+                            f"list_partitions_1m_{label}_{name}_second_page",
+                            _median_ms(lambda r=later: assets.ListPartitions(r)),
+                            "ms",
+                            50,
+                        )
                     )
-                )
             counts_request = asset_pb2.GetAssetRequest(asset_id=f"{slug}/out", as_of=as_of)
             results.append(
                 entry(

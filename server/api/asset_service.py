@@ -77,6 +77,9 @@ def check_keys(partition_keys: list[str], field: str) -> None:
     collector.raise_if_any("invalid partition keys")
 
 
+STATUS_VALUES = {status: asset_pb2.PartitionStatus.Value(f"PARTITION_STATUS_{status}") for status in STATUSES}
+
+
 def _id_in(ids: list[int]) -> str:
     return f"id IN ({', '.join(['%s'] * len(ids))})"
 
@@ -107,9 +110,7 @@ def summaries(
     windows = windows or {}
     result = []
     for key, state in entries:
-        summary = asset_pb2.PartitionSummary(
-            partition_key=key, status=asset_pb2.PartitionStatus.Value(f"PARTITION_STATUS_{status_of(state)}")
-        )
+        summary = asset_pb2.PartitionSummary(partition_key=key, status=STATUS_VALUES[status_of(state)])
         if state is not None and state.latest_run_id in run_rows:
             summary.latest_run.CopyFrom(run_message(run_rows[state.latest_run_id]))
         if state is not None and state.latest_materialization_id in materialization_rows:
