@@ -1,4 +1,7 @@
-"""`python -m server --listen HOST:PORT --database URL [--no-migrate] [--log-level LEVEL]`.
+"""`python -m server --listen HOST:PORT --database URL [--no-migrate] [--log-level LEVEL]`
+[--token-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--insecure]
+[--limits FILE.toml] [--limit NAME=VALUE ...]`; tokens also come from PARTITA_TOKENS
+(docs/security.md).
 
 Exit codes: 0 after a graceful shutdown, 2 for bad settings or a database schema that is
 behind under `--no-migrate`, 1 for any other failure to start (database unreachable, port
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +25,8 @@ from server.app import (
     parse_listen,
     serve,
 )
+from server.auth import TOKENS_ENV
+from server.limits import load_limits
 from server.logging import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -79,13 +85,51 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="SECONDS",
         help=f"how long in-flight calls may finish after SIGTERM (default {DEFAULT_SHUTDOWN_GRACE:g})",
     )
+    security = parser.add_argument_group("security (docs/security.md)")
+    security.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"TOML or JSON file of principals, roles and sha256 token hashes, re-read when it "
+        f"changes; {TOKENS_ENV}=principal:role:token,... adds more",
+    )
+    security.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
+    security.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    security.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen with no tokens configured (every caller is an anonymous admin)",
+    )
+    security.add_argument("--limits", metavar="FILE", help="TOML file of limits (NAME = VALUE)")
+    security.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set one limit, e.g. max_payload_bytes=1048576 or rate_limit_per_second=100 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    try:
+        limits = load_limits(args.limits, args.limit)
+    except ValueError as error:
+        parser.error(str(error))
     return Settings(
         listen=args.listen,
         database_url=args.database,
         migrate=args.migrate,
         log_level=args.log_level,
         shutdown_grace=args.shutdown_grace,
+        token_file=args.token_file,
+        tokens_env=os.environ.get(TOKENS_ENV) or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
+        limits=limits,
     )
 
 

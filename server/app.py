@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -25,9 +26,11 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.api.auth_interceptor import AuthInterceptor
 from server.api.context import Limits, ServiceContext
 from server.api.interceptors import server_interceptors
 from server.api.services import add_partita_services
+from server.auth import AuthConfigError, TokenRegistry, install_principal_logging
 from server.clock import Clock, SystemClock
 from server.logging import log_event
 from server.metrics import MetricsRegistry
@@ -40,7 +43,7 @@ from storage.store import SchemaBehind, Store
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///partita.db"
 DEFAULT_SHUTDOWN_GRACE = 10.0
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = Limits().max_message_bytes
 
 # Long-lived watch streams and long-poll claims must survive idle periods and middleboxes:
 # the server pings every 30 s (also with no call active) and accepts client pings down to 10 s.
@@ -57,6 +60,17 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # Fail loudly when the port is taken instead of silently sharing it with another process.
     ("grpc.so_reuseport", 0),
 )
+
+
+def server_options(limits: Limits) -> tuple[tuple[str, int], ...]:
+    """SERVER_OPTIONS with the message size cap of `limits`."""
+    sized = {"grpc.max_send_message_length", "grpc.max_receive_message_length"}
+    return (
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        *(option for option in SERVER_OPTIONS if option[0] not in sized),
+    )
+
 
 logger = logging.getLogger("partita.server")
 
@@ -77,6 +91,14 @@ class Settings:
     migrate: bool = True
     log_level: str = "INFO"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # Security (docs/security.md): tokens from a file and/or PARTITA_TOKENS, TLS, limits.
+    token_file: str | None = None
+    tokens_env: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    insecure: bool = False
+    limits: Limits = field(default_factory=Limits)
 
 
 # A loop that runs beside the server (lease reaper, later schedulers and dispatchers): it
@@ -104,6 +126,17 @@ class PartitaServer:
         """Binds `address` (port 0 picks a free one); returns the bound port."""
         try:
             port = int(self.server.add_insecure_port(address))
+        except RuntimeError as error:
+            raise StartupError(f"cannot listen on {address}: {error}") from error
+        if port == 0:
+            raise StartupError(f"cannot listen on {address}")
+        self.ports.append(port)
+        return port
+
+    def add_secure_port(self, address: str, credentials: Any) -> int:
+        """Binds `address` with TLS `credentials` (grpc.ssl_server_credentials); returns the port."""
+        try:
+            port = int(self.server.add_secure_port(address, credentials))
         except RuntimeError as error:
             raise StartupError(f"cannot listen on {address}: {error}") from error
         if port == 0:
@@ -155,16 +188,22 @@ def build_server(
     clock: Clock | None = None,
     limits: Limits | None = None,
     metrics: MetricsRegistry | None = None,
-    options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
+    options: Sequence[tuple[str, Any]] | None = None,
     background: Sequence[BackgroundTask] = DEFAULT_BACKGROUND_TASKS,
+    tokens: TokenRegistry | None = None,
 ) -> PartitaServer:
     """A grpc.aio server with every partita.v1 service, health and reflection. Call inside a loop.
 
     `background` loops start with the server and stop after it drains; pass `()` for none.
+    `options` default to SERVER_OPTIONS sized by `limits`; without `tokens` (or with none
+    configured) every caller is the anonymous admin-equivalent principal.
     """
     registry = metrics if metrics is not None else MetricsRegistry()
     context = ServiceContext(store=store, clock=clock or SystemClock(), limits=limits or Limits())
-    server = grpc.aio.server(interceptors=server_interceptors(registry), options=list(options))
+    install_principal_logging()
+    interceptors = [*server_interceptors(registry), AuthInterceptor(context, tokens)]
+    server_opts = list(options) if options is not None else list(server_options(context.limits))
+    server = grpc.aio.server(interceptors=interceptors, options=server_opts)
     partita_names = tuple(add_partita_services(server, context))
     health = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -193,6 +232,74 @@ def parse_listen(address: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"--listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051 or [::]:0")
     return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost` (HOST as in --listen, IPv6 in brackets or not)."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def load_tokens(settings: Settings) -> TokenRegistry:
+    try:
+        return TokenRegistry.from_settings(settings.token_file, settings.tokens_env)
+    except AuthConfigError as error:
+        raise StartupError(f"partita: {error}", exit_code=2) from error
+
+
+def check_exposure(settings: Settings, host: str, tokens: TokenRegistry) -> None:
+    """Without tokens, serve loopback only unless --insecure (then warn at every start)."""
+    if tokens.enabled:
+        return
+    if not settings.insecure:
+        if not is_loopback_host(host):
+            raise StartupError(
+                f"partita: refusing to listen on {settings.listen} without authentication: configure "
+                "tokens (--token-file or PARTITA_TOKENS) or pass --insecure to serve every caller as an "
+                "anonymous admin",
+                exit_code=2,
+            )
+        return
+    log_event(
+        logger,
+        "no tokens configured and --insecure given: every caller is an anonymous admin",
+        level=logging.WARNING,
+        address=settings.listen,
+    )
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise StartupError(
+            f"partita: cannot read {what} {path}: {error.strerror or error}", exit_code=2
+        ) from error
+
+
+def tls_credentials(settings: Settings) -> Any | None:
+    """Server TLS credentials from --tls-cert/--tls-key (mTLS with --tls-client-ca); None without."""
+    if not (settings.tls_cert or settings.tls_key or settings.tls_client_ca):
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise StartupError(
+            "partita: --tls-cert and --tls-key go together (and --tls-client-ca needs both)", 2
+        )
+    certificate = _read(settings.tls_cert, "--tls-cert")
+    key = _read(settings.tls_key, "--tls-key")
+    client_ca = _read(settings.tls_client_ca, "--tls-client-ca") if settings.tls_client_ca else None
+    try:
+        return grpc.ssl_server_credentials(
+            [(key, certificate)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise StartupError(f"partita: unusable TLS certificate or key: {error}", exit_code=2) from error
 
 
 def _require_current_schema(url: str) -> None:
@@ -246,10 +353,16 @@ async def serve(
     """
     host, _ = parse_listen(settings.listen)
     stop_event = stop if stop is not None else asyncio.Event()
+    tokens = load_tokens(settings)
+    check_exposure(settings, host, tokens)
+    credentials = tls_credentials(settings)
     store = await open_store(settings)
     try:
-        app = build_server(store, clock=clock)
-        port = app.add_insecure_port(settings.listen)
+        app = build_server(store, clock=clock, limits=settings.limits, tokens=tokens)
+        if credentials is not None:
+            port = app.add_secure_port(settings.listen, credentials)
+        else:
+            port = app.add_insecure_port(settings.listen)
         await app.start()
         address = f"{host}:{port}"
         log_event(
@@ -258,6 +371,8 @@ async def serve(
             address=address,
             database=redact_url(settings.database_url),
             services=list(app.service_names),
+            auth="tokens" if tokens.enabled else "none (anonymous admin)",
+            tls="mutual" if settings.tls_client_ca else ("on" if credentials is not None else "off"),
         )
         on_listening(address)
         with _signals_set(stop_event) as received:

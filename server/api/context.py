@@ -14,7 +14,7 @@ from storage.store import Store
 
 @dataclass(frozen=True)
 class Limits:
-    """Server-side caps; the security issue makes them configurable."""
+    """Server-side caps, configurable with --limits FILE.toml and --limit NAME=VALUE."""
 
     default_page_size: int = 100
     max_page_size: int = 1000
@@ -23,6 +23,13 @@ class Limits:
     max_lease_duration: timedelta = timedelta(hours=1)
     max_report_materializations: int = 1000
     max_artifacts_per_asset: int = 1000
+    # Security limits (server/limits.py, docs/security.md); 0 turns a rate or stream cap off.
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_payload_bytes: int = 1024 * 1024
+    max_keys_per_request: int = 10_000
+    max_streams_per_principal: int = 1000
+    rate_limit_per_second: float = 10_000.0
+    rate_limit_burst: int = 20_000
 
 
 @dataclass(frozen=True)

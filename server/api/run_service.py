@@ -18,6 +18,7 @@ from server.api.idempotency import once
 from server.api.messages import run_message
 from server.api.pagination import PageToken, decode_page_token, page_size, query_fingerprint
 from server.api.pending import with_pending_rpcs
+from server.auth import current_principal_name
 from server.catalog import WorkflowDefinition
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.domain.names import slug_violation
@@ -88,11 +89,9 @@ def new_run(
 
 
 def principal_of(context: grpc.aio.ServicerContext) -> str:
-    """The caller's identity; the security capability fills it from tokens or certificates."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-partita-principal":
-            return str(value)[:255]
-    return ""
+    """The authenticated caller (token or certificate principal, or `anonymous` without auth),
+    set by the auth interceptor (server/api/auth_interceptor.py) for this call."""
+    return current_principal_name()[:255]
 
 
 @with_pending_rpcs("partita.v1.RunService")
