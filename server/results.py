@@ -16,7 +16,7 @@ from server.catalog import WorkflowDefinition
 from server.domain.errors import InvalidArgument, ViolationCollector
 from storage import materializations, partition_state
 from storage.events import NewEvent, Outbox
-from storage.models import Run
+from storage.models import Materialization, Run
 from storage.partition_state import SlicePosition
 
 
@@ -77,7 +77,7 @@ def record_materializations(
     run: Run | None,
     now_us: int,
     positions_of: dict[tuple[str, str], SlicePosition],
-) -> list[materializations.Materialization]:
+) -> list[Materialization]:
     """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events."""
     recorded = []
     for asset, key in reported:

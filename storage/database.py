@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import peewee
@@ -38,7 +39,7 @@ def connect(url: str) -> peewee.Database:
         database = parsed.path.lstrip("/")
         if not database:
             raise ValueError(f"database URL {url!r}: expected postgresql://user@host:port/database")
-        params: dict[str, object] = {"prefer_psycopg3": True}
+        params: dict[str, Any] = {"prefer_psycopg3": True}
         if parsed.hostname:
             params["host"] = parsed.hostname
         if parsed.port:

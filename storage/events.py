@@ -110,7 +110,9 @@ def oldest_sequence() -> int:
 
 
 def events_after(after_sequence: int, limit: int) -> list[RunEvent]:
-    return sql.select_models(RunEvent, "sequence > %s", (after_sequence,), f"ORDER BY sequence LIMIT {int(limit)}")
+    return sql.select_models(
+        RunEvent, "sequence > %s", (after_sequence,), f"ORDER BY sequence LIMIT {int(limit)}"
+    )
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import peewee as pw
-
 from storage import sql
 from storage.models import Run
 
@@ -99,7 +97,7 @@ def get_run(run_id: int) -> Run | None:
     return _one(sql.select_models(Run, "id = %s", (run_id,)))
 
 
-def _filtered(run_filter: RunFilter) -> pw.ModelSelect:
+def _filtered(run_filter: RunFilter) -> Any:
     query = Run.select()
     if run_filter.workflow_slug:
         query = query.where(Run.workflow_slug == run_filter.workflow_slug)

@@ -80,7 +80,7 @@ class Store:
             )
         return store
 
-    def transaction(self) -> peewee._transaction:
+    def transaction(self) -> Any:
         """A write transaction; on SQLite it takes the write lock at BEGIN."""
         if self.is_sqlite:
             return self.db.atomic("IMMEDIATE")
@@ -147,10 +147,10 @@ class Store:
                             outcomes.append((pending, (result, outbox.sequences), None))
                         except Exception as error:
                             outcomes.append((pending, None, error))
-            except Exception as error:  # the COMMIT itself failed: nothing of the group holds
-                outcomes = [(pending, None, error) for pending in group]
-            for pending, value, error in outcomes:
-                pending.loop.call_soon_threadsafe(_settle, pending.future, value, error)
+            except Exception as failure:  # the COMMIT itself failed: nothing of the group holds
+                outcomes = [(pending, None, failure) for pending in group]
+            for pending, value, problem in outcomes:
+                pending.loop.call_soon_threadsafe(_settle, pending.future, value, problem)
 
     def add_commit_listener(self, listener: Callable[[int], None]) -> None:
         """`listener(head_sequence)` runs on the event loop after each write that committed events."""

@@ -26,7 +26,7 @@ from server.domain.retry import RetryPolicy
 from server.streams import watch_request
 from storage import events, runs
 from storage.events import Outbox
-from storage.models import micros
+from storage.models import Run, micros
 
 MAX_LABELS = 64
 MAX_LABEL_LENGTH = 256
@@ -48,7 +48,7 @@ def check_labels(labels: dict[str, str], field: str) -> None:
         if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
             raise InvalidArgument.for_field(
                 f"{field}[{key[:64]!r}]",
-                f"label keys must be 1–{MAX_LABEL_LENGTH} characters, values at most that",
+                f"label keys must be 1-{MAX_LABEL_LENGTH} characters, values at most that",
             )
 
 
@@ -158,7 +158,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         before = position.get("before")
         pinned_head = position.get("head")
 
-        def read() -> tuple[list[runs.Run], int, int]:
+        def read() -> tuple[list[Run], int, int]:
             head = events.head_sequence()
             found = runs.list_runs(run_filter, int(before) if before is not None else None, limit + 1)
             return found, runs.count_runs(run_filter), head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from datetime import timedelta
@@ -79,8 +80,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             # seen here so it can be released instead of left to lapse.
             claim = asyncio.ensure_future(
                 self.context.store.write(
-                    lambda outbox, now=now: lifecycle.claim_tx(
-                        outbox, request.worker_id, slugs, lease_duration, now
+                    functools.partial(
+                        lifecycle.claim_tx,
+                        worker_id=request.worker_id,
+                        workflow_slugs=slugs,
+                        lease_duration=lease_duration,
+                        now=now,
                     ),
                     micros(now),
                 )

@@ -31,7 +31,7 @@ from server.domain.retry import retry_policy_violations
 from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_violations
 from storage import dynamic_partitions, partition_state, workflows
 from storage.events import Outbox
-from storage.models import micros
+from storage.models import Workflow, micros
 from storage.partition_state import SlicePosition
 
 
@@ -109,11 +109,11 @@ def _position_function(spec: PartitionSpec | None) -> Callable[[str], SlicePosit
     return position_of
 
 
-def stored_workflow(row: workflows.Workflow) -> workflow_pb2.Workflow:
+def stored_workflow(row: Workflow) -> workflow_pb2.Workflow:
     workflow = workflow_pb2.Workflow()
     convert.from_json(row.definition, workflow)
-    workflow.create_time.CopyFrom(convert.timestamp(row.create_time))
-    workflow.update_time.CopyFrom(convert.timestamp(row.update_time))
+    workflow.create_time.FromMicroseconds(row.create_time)
+    workflow.update_time.FromMicroseconds(row.update_time)
     return workflow
 
 
@@ -217,7 +217,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         position = decode_page_token(request.page_token, fingerprint) or {}
         after = str(position.get("after", ""))
 
-        def read() -> tuple[list[workflows.Workflow], int]:
+        def read() -> tuple[list[Workflow], int]:
             return workflows.list_workflows(after, limit + 1), workflows.count_workflows()
 
         rows, total = await self.context.store.read(read)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from server import lifecycle
@@ -24,7 +25,7 @@ async def run_reaper(
         try:
             now = context.clock.now()
             ended = await context.store.write(
-                lambda outbox, now=now: lifecycle.reap_tx(outbox, context.catalog, now), micros(now)
+                functools.partial(lifecycle.reap_tx, catalog=context.catalog, now=now), micros(now)
             )
             if ended:
                 context.work.notify(ended)

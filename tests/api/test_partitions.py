@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -73,15 +75,15 @@ class Driver:
 
 
 def statuses(
-    stub: asset_pb2_grpc.AssetServiceStub, asset_id: str, *filters: int, **fields: object
+    stub: asset_pb2_grpc.AssetServiceStub, asset_id: str, *filters: Any, **fields: Any
 ) -> list[tuple[str, int]]:
-    result = []
+    result: list[tuple[str, int]] = []
     token = ""
     while True:
         page = stub.ListPartitions(
             asset_pb2.ListPartitionsRequest(
                 asset_id=asset_id, statuses=list(filters), page_token=token, **fields
-            )  # type: ignore[arg-type]
+            )
         )
         result.extend((p.partition_key, p.status) for p in page.partitions)
         token = page.next_page_token
@@ -89,7 +91,7 @@ def statuses(
             return result
 
 
-def counts(stub: asset_pb2_grpc.AssetServiceStub, asset_id: str, **fields: object) -> dict[int, int]:
+def counts(stub: asset_pb2_grpc.AssetServiceStub, asset_id: str, **fields: Any) -> dict[int, int]:
     page = stub.ListPartitions(asset_pb2.ListPartitionsRequest(asset_id=asset_id, page_size=1, **fields))  # type: ignore[arg-type]
     return {c.status: c.count for c in page.status_counts}
 
@@ -145,7 +147,7 @@ def test_static_statuses_counts_and_filters(
     assert eu.latest_materialization.partition_key == "eu"
     expect_error(
         asset_stub.ListPartitions,
-        asset_pb2.ListPartitionsRequest(asset_id="regions/out", statuses=[0]),
+        asset_pb2.ListPartitionsRequest(asset_id="regions/out", statuses=[S.PARTITION_STATUS_UNSPECIFIED]),
         INVALID,
     )
 

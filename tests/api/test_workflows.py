@@ -140,7 +140,7 @@ def test_an_asset_has_one_producer(workflow_stub: workflow_pb2_grpc.WorkflowServ
 def test_list_workflows_pages_by_slug(workflow_stub: workflow_pb2_grpc.WorkflowServiceStub) -> None:
     for slug in ("c", "a", "e", "b", "d"):
         register(workflow_stub, workflow(slug, f"{slug}/out"))
-    seen = []
+    seen: list[str] = []
     token = ""
     while True:
         page = workflow_stub.ListWorkflows(workflow_pb2.ListWorkflowsRequest(page_size=2, page_token=token))
