@@ -5,7 +5,9 @@
 - `check_request(request, limits)`: sizes of every google.protobuf.Struct in a request
   (parameters, payloads), keys per request (every repeated string field), artifacts per
   asset and materializations per ReportMaterializations call — INVALID_ARGUMENT with ErrorInfo
-  reason `LIMIT_EXCEEDED`, metadata `limit=<name>`, and a BadRequest naming the field.
+  reason `LIMIT_EXCEEDED`, metadata `limit=<name>`, and a BadRequest naming the field; and enum
+  values the enum does not define (proto3 keeps them) — INVALID_ARGUMENT, reason
+  `UNKNOWN_ENUM_VALUE`.
 - `load_limits(path, overrides)`: `Limits` from a `--limits` TOML file and `--limit NAME=VALUE`
   flags (durations in seconds).
 """
@@ -113,6 +115,8 @@ def _field_matters(field: FieldDescriptor, seen: frozenset[str]) -> bool:
     owner = field.containing_type
     if owner is not None and (owner.full_name, field.name) in REPEATED_CAPS:
         return True
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return True
     if field.type == FieldDescriptor.TYPE_STRING:
         return _is_repeated(field)
     message = field.message_type
@@ -129,24 +133,45 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
+def _unknown_enum(field: FieldDescriptor, name: str, value: int) -> InvalidArgument | None:
+    enum = field.enum_type
+    if enum is None or value in enum.values_by_number:
+        return None
+    return InvalidArgument(
+        f"{name}: {value} is not a value of {enum.full_name}",
+        reason="UNKNOWN_ENUM_VALUE",
+        metadata={"enum": enum.full_name},
+        violations=[FieldViolation(name, f"{value} is not a value of {enum.full_name}")],
+    )
+
+
 def _violations(message: Message, path: str, limits: Limits) -> Iterator[InvalidArgument]:
     descriptor = message.DESCRIPTOR
     for field in _interesting(descriptor):
         name = f"{path}.{field.name}" if path else field.name
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            values: Sequence[int] = (
+                getattr(message, field.name) if _is_repeated(field) else [getattr(message, field.name)]
+            )
+            for index, value in enumerate(values):
+                where = f"{name}[{index}]" if _is_repeated(field) else name
+                if (error := _unknown_enum(field, where, value)) is not None:
+                    yield error
+            continue
         if _is_repeated(field):
-            values: Sequence[Any] = getattr(message, field.name)
+            entries: Sequence[Any] = getattr(message, field.name)
             cap_name = REPEATED_CAPS.get((descriptor.full_name, field.name))
-            if cap_name is not None and len(values) > getattr(limits, cap_name):
+            if cap_name is not None and len(entries) > getattr(limits, cap_name):
                 cap = getattr(limits, cap_name)
-                yield limit_exceeded(cap_name, name, f"has {len(values)} entries; at most {cap}")
-            if field.type == FieldDescriptor.TYPE_STRING and len(values) > limits.max_keys_per_request:
+                yield limit_exceeded(cap_name, name, f"has {len(entries)} entries; at most {cap}")
+            if field.type == FieldDescriptor.TYPE_STRING and len(entries) > limits.max_keys_per_request:
                 yield limit_exceeded(
                     "max_keys_per_request",
                     name,
-                    f"has {len(values)} entries; at most {limits.max_keys_per_request} per request",
+                    f"has {len(entries)} entries; at most {limits.max_keys_per_request} per request",
                 )
             if field.type == FieldDescriptor.TYPE_MESSAGE:
-                for index, value in enumerate(values):
+                for index, value in enumerate(entries):
                     yield from _message_violations(value, f"{name}[{index}]", limits)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and message.HasField(field.name):
             yield from _message_violations(getattr(message, field.name), name, limits)
@@ -166,7 +191,8 @@ def _message_violations(message: Message, path: str, limits: Limits) -> Iterator
 
 
 def check_request(request: Message, limits: Limits) -> None:
-    """Raises INVALID_ARGUMENT (reason LIMIT_EXCEEDED) naming the first limit `request` breaks."""
+    """Raises INVALID_ARGUMENT naming the first limit `request` breaks (reason LIMIT_EXCEEDED)
+    or its first unknown enum value (reason UNKNOWN_ENUM_VALUE)."""
     for error in _violations(request, "", limits):
         raise error
 

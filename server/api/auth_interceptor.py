@@ -7,7 +7,9 @@ For every partita.v1 call (health and reflection pass untouched), in this order:
 2. may it: the method's permission (server/auth.py `METHOD_PERMISSIONS`) against the role —
    PERMISSION_DENIED, before the servicer could answer NOT_FOUND.
 3. rate: a token bucket per principal — RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
-4. request limits (server/limits.py `check_request`) — INVALID_ARGUMENT, reason LIMIT_EXCEEDED.
+4. a request that does not parse (bad wire format, invalid UTF-8 in a string) — INVALID_ARGUMENT
+   (reason MALFORMED_REQUEST) instead of gRPC's UNKNOWN; request limits and unknown enum values
+   (server/limits.py `check_request`) — INVALID_ARGUMENT, reason LIMIT_EXCEEDED / UNKNOWN_ENUM_VALUE.
 5. a worker limited to workflows: ClaimRun only for those (an empty `workflow_slugs` is
    narrowed to them); Heartbeat/CompleteRun/FailRun only for their runs — PERMISSION_DENIED.
 6. streams: open WatchRuns/WatchBackfill per principal — RESOURCE_EXHAUSTED.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -42,6 +45,7 @@ from server.auth import (
     is_open,
     required_permission,
 )
+from server.domain.errors import InvalidArgument
 from server.limits import RateLimiter, StreamSlots, check_request
 from server.logging import log_event
 from storage import runs
@@ -74,6 +78,28 @@ async def _abort(
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Stands for a request that failed to parse, so the call can fail with INVALID_ARGUMENT."""
+
+    type_name: str
+    error: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as error:  # DecodeError, and whatever a parser may raise on garbage
+            owner = getattr(deserialize, "__self__", None)
+            return UndecodableRequest(getattr(owner, "__name__", "request"), str(error)[:300])
+
+    return parse
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -99,7 +125,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return handler
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_call(method, behavior, stream=False),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         behavior = handler.unary_stream
@@ -111,7 +137,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         return grpc.unary_stream_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -179,6 +205,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 principal,
                 method,
                 {"role": principal.role.value, "required_role": needed},
+            )
+        if isinstance(request, UndecodableRequest):
+            raise InvalidArgument(
+                f"the request is not a valid {request.type_name} message: {request.error}",
+                reason="MALFORMED_REQUEST",
             )
         retry_after = self.rate.acquire(principal.name)
         if retry_after > 0:
