@@ -3,6 +3,7 @@
 Each module under `bench/` exposes `run() -> list[dict]` with entries
 `{"name", "value", "unit", "goal", "goal_met"}`. The document names the machine the figures
 come from; this kind of machine is small and noisy, so compare ratios within one run.
+A full run (no module named) also writes `bench/results.json` and the table `bench/REPORT.md`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import sys
 import time
 import traceback
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-MODULES = ("partitions", "runs", "partition_reads", "watch")
+MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "lineage")
+HERE = Path(__file__).resolve().parent
 
 
 def machine() -> dict[str, object]:
@@ -50,8 +54,38 @@ def main(selected: list[str]) -> int:
         except Exception:
             failed = True
             results[name] = {"error": traceback.format_exc()}
-    print(json.dumps({"machine": machine(), "benchmarks": results}, indent=2))
+    document = {"machine": machine(), "benchmarks": results}
+    print(json.dumps(document, indent=2))
+    if not selected:
+        (HERE / "results.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        (HERE / "REPORT.md").write_text(report(document), encoding="utf-8")
     return 1 if failed else 0
+
+
+def report(document: dict[str, Any]) -> str:
+    """A Markdown table of every figure with its goal."""
+    machine_facts = document["machine"]
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Machine: {machine_facts['platform']}, {machine_facts['cpu_count']} cores, "
+        f"{machine_facts['memory_gib']} GiB, Python {machine_facts['python']}; run {machine_facts['date']}.",
+        "Figures from one `make bench` run on a small, shared machine: compare ratios within a run.",
+        "",
+        "| benchmark | figure | value | unit | goal | met |",
+        "| --- | --- | ---: | --- | ---: | --- |",
+    ]
+    for module, outcome in document["benchmarks"].items():
+        if "results" not in outcome:
+            reason = "skipped" if "skipped" in outcome else "failed (see results.json)"
+            lines.append(f"| {module} | — | — | — | — | {reason} |")
+            continue
+        for item in outcome["results"]:
+            met = "yes" if item["goal_met"] else "**no**"
+            lines.append(
+                f"| {module} | {item['name']} | {item['value']} | {item['unit']} | {item['goal']} | {met} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
