@@ -18,9 +18,10 @@ import pytest
 
 from partita.v1 import run_pb2, run_pb2_grpc, worker_pb2, worker_pb2_grpc, workflow_pb2_grpc
 from server.api.errors import error_details
+from storage import migrations
 from storage.database import connect
-from storage.events import NewEvent, append_events
-from storage.models import bind_models, micros
+from storage.events import NewEvent, append_events, prune_events
+from storage.models import RunEvent, bind_models, micros
 from tests.api.test_runs import STATIC, claim, enqueue, register
 from tests.harness import RunningServer, start_server
 from tests.rpc import expect_error
@@ -137,8 +138,8 @@ def write_directly(database_url: str, new_events: list[NewEvent], pause: float =
     with _databases_lock:
         if database_url not in _databases:
             _databases[database_url] = connect(database_url)
-            bind_models(_databases[database_url])
         db = _databases[database_url]
+        bind_models(db)  # other tests of this process may have bound the models elsewhere
     with db.connection_context(), db.atomic():
         sequences = append_events(db, new_events, micros(datetime.now(UTC)))
         time.sleep(pause)
@@ -509,3 +510,41 @@ def test_shutdown_ends_streams_with_unavailable(database_url: str, tmp_path: Pat
         assert time.monotonic() - started < 5.0  # well within the 10 s grace
     finally:
         running.stop()
+
+
+def test_pruning_deletes_an_old_prefix_in_batches_and_keeps_the_newest(database_url: str) -> None:
+    db = connect(database_url)
+    with db.connection_context():
+        migrations.migrate(db)
+    bind_models(db)
+    try:
+        with db.connection_context():
+            with db.atomic():
+                for index in range(30):
+                    # Times rise with the sequence, except one young event early in the log.
+                    when = 1_000_000 if index == 3 else index * 10
+                    append_events(db, [NewEvent(type="PROGRESS", workflow_slug="w")], when)
+
+            def prune(**limits: Any) -> int:
+                with db.atomic():
+                    return prune_events(**limits)
+
+            def retained() -> list[int]:
+                return [row.sequence for row in RunEvent.select().order_by(RunEvent.sequence)]
+
+            assert prune(older_than_micros=None, keep_last=None, limit=1000) == 0
+            # Older than 100: events 1..3 go; the young event 4 stops the prefix there.
+            assert prune(older_than_micros=100, keep_last=None, limit=1000) == 3
+            assert retained()[0] == 4
+            # A count cap, two rows per batch.
+            assert prune(older_than_micros=None, keep_last=20, limit=2) == 2
+            assert retained()[0] == 6
+            while prune(older_than_micros=None, keep_last=20, limit=2):
+                pass
+            assert retained() == list(range(11, 31))
+            # Everything is old, yet the newest event stays: the log never restarts.
+            while prune(older_than_micros=10**12, keep_last=None, limit=7):
+                pass
+            assert retained() == [30]
+    finally:
+        db.close()
