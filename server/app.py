@@ -374,8 +374,9 @@ async def serve(
             auth="tokens" if tokens.enabled else "none (anonymous admin)",
             tls="mutual" if settings.tls_client_ca else ("on" if credentials is not None else "off"),
         )
-        on_listening(address)
+        # Handlers first: whoever reads the line may signal at once.
         with _signals_set(stop_event) as received:
+            on_listening(address)
             await stop_event.wait()
             log_event(
                 logger,
