@@ -34,6 +34,7 @@ from server.auth import AuthConfigError, TokenRegistry, install_principal_loggin
 from server.clock import Clock, SystemClock
 from server.logging import log_event
 from server.metrics import MetricsRegistry
+from server.scheduler.dispatcher import run_backfill_dispatcher
 from server.scheduler.reaper import run_reaper
 from server.streams import run_event_follower, run_event_pruner
 from storage import migrations
@@ -104,7 +105,12 @@ class Settings:
 # A loop that runs beside the server (lease reaper, later schedulers and dispatchers): it
 # gets the service context and an event set at shutdown, and should return soon after.
 BackgroundTask = Callable[[ServiceContext, asyncio.Event], Coroutine[Any, Any, None]]
-DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (run_reaper, run_event_follower, run_event_pruner)
+DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (
+    run_reaper,
+    run_event_follower,
+    run_event_pruner,
+    run_backfill_dispatcher,
+)
 BACKGROUND_STOP_TIMEOUT = 10.0
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from server import backfills
 from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.domain.retry import RetryPolicy
@@ -137,6 +138,7 @@ def claim_tx(
     if run is None:
         return None
     outbox.add(run_event(run, "STARTED", runs.RUNNING, f"claimed by {worker_id}", worker_id=worker_id))
+    backfills.run_changed_tx(outbox, run, now_us, attempted=1)
     log_transition(run, runs.RUNNING, f"run {run.id} claimed by {worker_id}")
     return Lease(run, lease_id, expire)
 
@@ -158,6 +160,7 @@ def release_claim_tx(outbox: Outbox, run_id: int, lease_id: str, now: datetime) 
     run = runs.release_claim(run_id, lease_id, micros(now))
     if run is not None:
         outbox.add(run_event(run, "QUEUED", runs.QUEUED, "claim released: the worker went away"))
+        backfills.run_changed_tx(outbox, run, micros(now), attempted=-1)
         log_transition(run, runs.QUEUED, f"run {run_id} claim released")
 
 
@@ -225,6 +228,7 @@ def fail_attempt_tx(
             log_transition(
                 updated, runs.QUEUED, f"run {run.id} attempt {run.attempt} failed; retry scheduled"
             )
+            backfills.run_changed_tx(outbox, updated, now_us, error=error_message)
             return updated
     return _end(outbox, catalog, run, runs.FAILED, error_message, now_us, (runs.RUNNING,))
 
@@ -260,11 +264,16 @@ def _end(
             reason="RUN_STATE_CHANGED",
             metadata={"run_id": str(run.id)},
         )
+    event = run_event(ended, state, state, message)
+    # Before the partition state: a backfill row is locked before any asset's state counters.
+    backfills.run_changed_tx(
+        outbox, ended, now_us, error=message if state == runs.FAILED else None, event=event
+    )
     definition = catalog.workflow(run.workflow_slug)
     partition_state.settle(
         state_assets(definition, run), run.partition_key, run.id, state == runs.FAILED, now_us
     )
-    outbox.add(run_event(ended, state, state, message))
+    outbox.add(event)
     log_transition(ended, state, f"run {run.id} {state.lower()}: {message}" if message else "")
     return ended
 
@@ -276,6 +285,7 @@ def succeed_tx(outbox: Outbox, run: Run, now: datetime) -> Run:
     if ended is None:
         raise FailedPrecondition(f"run {run.id} is no longer running", reason="LEASE_EXPIRED")
     outbox.add(run_event(ended, "SUCCEEDED", runs.SUCCEEDED))
+    backfills.run_changed_tx(outbox, ended, now_us)
     log_transition(ended, runs.SUCCEEDED)
     return ended
 

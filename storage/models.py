@@ -141,6 +141,14 @@ class Backfill(BaseModel):
     create_time = pw.BigIntegerField()
     end_time = pw.BigIntegerField(null=True)
     update_time = pw.BigIntegerField()
+    # Keys per state (migration 4), kept in the transaction of every key transition.
+    total_count = pw.BigIntegerField(default=0)
+    pending_count = pw.BigIntegerField(default=0)
+    queued_count = pw.BigIntegerField(default=0)
+    running_count = pw.BigIntegerField(default=0)
+    succeeded_count = pw.BigIntegerField(default=0)
+    failed_count = pw.BigIntegerField(default=0)
+    canceled_count = pw.BigIntegerField(default=0)
 
 
 class BackfillPartition(BaseModel):
@@ -152,6 +160,8 @@ class BackfillPartition(BaseModel):
     run_id = pw.BigIntegerField(null=True)
     last_error = pw.TextField(default="")
     update_time = pw.BigIntegerField()
+    # BACKFILL, or RETRY once RetryBackfill reopened the key (migration 4).
+    next_trigger = pw.CharField(max_length=16, default="BACKFILL")
 
     class Meta:
         primary_key = pw.CompositeKey("backfill_id", "ordinal")

@@ -20,15 +20,6 @@ PENDING_RPCS: dict[str, dict[str, str]] = {
         "GetUpstreamPartitions": "lineage and freshness",
         "GetDownstreamPartitions": "lineage and freshness",
     },
-    "partita.v1.BackfillService": {
-        "CreateBackfill": "backfills",
-        "GetBackfill": "backfills",
-        "ListBackfills": "backfills",
-        "ListBackfillPartitions": "backfills",
-        "CancelBackfill": "backfills",
-        "RetryBackfill": "backfills",
-        "WatchBackfill": "backfills",
-    },
 }
 
 S = TypeVar("S")

@@ -1,0 +1,718 @@
+"""Backfills: planning a selection into keys, dispatching keys as runs, and keeping each key's
+state in step with its run.
+
+A backfill is a plan — one `backfill_partition` row per key, in key order — plus counters of
+keys per state on the backfill row (storage/backfills.py). Everything here runs inside a store
+transaction (no awaits) except `plan_keys`' callers, which read first and write after:
+
+- `plan_keys` turns a `PartitionSelection` into the keys in definition order, or raises
+  InvalidArgument with one violation per bad key.
+- `create_tx` writes the backfill and its plan in bulk; `dispatch_tx` (the dispatcher loop,
+  server/scheduler/dispatcher.py) turns PENDING keys into queued runs in key order, never past
+  `max_concurrent_runs` queued + running keys, adopting a run already in flight for the slice.
+- `run_changed_tx` is the lifecycle hook: every transition of a run (claim, retry, release,
+  end) moves the key(s) whose current run it is, in the same transaction, and finishes the
+  backfill once no key is undecided.
+- `cancel_tx`, `retry_tx`: CancelBackfill and RetryBackfill.
+
+Every event a transition writes for a backfill carries, in its `data`, the backfill's state
+and counts right after it (`{"backfill": {...}}`); WatchBackfill sends those with the event.
+Events about the backfill itself (created, canceled, reopened, a key that cannot run) have no
+`run_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format
+
+from partita.v1 import partitions_pb2
+from server import keys as key_positions
+from server import lifecycle
+from server.catalog import Catalog, WorkflowDefinition
+from server.domain.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ViolationCollector,
+)
+from server.domain.partitions import DynamicSpec, StaticSpec, TimeWindowSpec, key_syntax_problem
+from server.domain.partitions.keys import quote_key
+from server.domain.retry import RetryPolicy
+from server.logging import log_event
+from storage import backfills as store
+from storage import partition_state, runs
+from storage.backfills import BackfillRow, KeyRow
+from storage.events import NewEvent, Outbox
+from storage.models import Run, micros
+
+logger = logging.getLogger("partita.backfills")
+
+DEFAULT_MAX_CONCURRENT_RUNS = 16
+MAX_CONCURRENT_RUNS_LIMIT = 10_000
+MAX_BACKFILL_KEYS = 1_000_000
+# Explicit time-window keys are checked against the definition's key list when it is at most
+# this many times longer than the request (one pass over keys), else one by one.
+ENUMERATE_FACTOR = 4
+ENUMERATE_MINIMUM = 4096
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+def plan_keys(
+    definition: WorkflowDefinition, selection: partitions_pb2.PartitionSelection, now: datetime
+) -> list[str]:
+    """Inside a transaction: the selected keys in definition order (every one valid as of `now`).
+
+    An unpartitioned workflow has one slice, key '': `all` selects it and `missing` selects it
+    unless every asset it produces is materialized; `range` and `keys` are INVALID_ARGUMENT.
+    """
+    kind = selection.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument.for_field("selection", "is required: one of range, keys, all or missing")
+    spec = definition.spec
+    if spec is None:
+        if kind in ("range", "keys"):
+            raise InvalidArgument.for_field(
+                f"selection.{kind}",
+                f"workflow {definition.slug!r} is not partitioned: select all (its one slice) or missing",
+            )
+        if kind == "missing" and not _missing_unpartitioned(definition):
+            return []
+        return [""]
+    if kind == "range":
+        return _range_keys(definition, spec, selection.range, now)
+    if kind == "keys":
+        return _explicit_keys(definition, spec, list(selection.keys.partition_keys), now)
+    every = _all_keys(definition, spec, now)
+    if kind == "missing":
+        done = _materialized_everywhere(definition)
+        every = [key for key in every if key not in done]
+    _check_size(len(every), "selection")
+    return every
+
+
+def _check_size(count: int, field: str) -> None:
+    if count > MAX_BACKFILL_KEYS:
+        raise InvalidArgument.for_field(
+            field, f"selects {count:,} keys; a backfill holds at most {MAX_BACKFILL_KEYS:,}"
+        )
+
+
+def _partitioned_assets(definition: WorkflowDefinition) -> list[str]:
+    return sorted(definition.partitioned_asset_ids)
+
+
+def _materialized_everywhere(definition: WorkflowDefinition) -> set[str]:
+    """Keys every partitioned asset of the workflow has a successful materialization of."""
+    done: set[str] | None = None
+    for asset_id in _partitioned_assets(definition):
+        found = store.materialized_keys(asset_id)
+        done = found if done is None else done & found
+    return done or set()
+
+
+def _missing_unpartitioned(definition: WorkflowDefinition) -> bool:
+    return any("" not in store.materialized_keys(asset) for asset in definition.produced_asset_ids)
+
+
+def _all_keys(definition: WorkflowDefinition, spec: Any, now: datetime) -> list[str]:
+    if isinstance(spec, DynamicSpec):
+        return _live_keys(definition)
+    count = spec.count(now)
+    _check_size(count, "selection")
+    return list(spec.keys_page(0, count, now))
+
+
+def _live_keys(definition: WorkflowDefinition, low: int | None = None, high: int | None = None) -> list[str]:
+    """Live keys of the first partitioned asset's registry (registry order) that every other
+    partitioned asset of the workflow has live too."""
+    first, *others = _partitioned_assets(definition)
+    found = [key for _, key in store.live_dynamic_keys(first, low, high)]
+    for asset_id in others:
+        live = {key for _, key in store.live_dynamic_keys(asset_id)}
+        found = [key for key in found if key in live]
+    return found
+
+
+def _range_keys(
+    definition: WorkflowDefinition, spec: Any, bounds: partitions_pb2.PartitionRange, now: datetime
+) -> list[str]:
+    start_field, end_field = "selection.range.start_key", "selection.range.end_key"
+    if isinstance(spec, DynamicSpec):
+        positions = _dynamic_positions(
+            definition, [bounds.start_key, bounds.end_key], [start_field, end_field]
+        )
+        low, high = positions
+        if high < low:
+            raise InvalidArgument.for_field(
+                end_field,
+                f"{quote_key(bounds.end_key)} comes before the start key {quote_key(bounds.start_key)}",
+            )
+        found = _live_keys(definition, low, high)
+        _check_size(len(found), "selection.range")
+        return found
+    span = spec.index_range(
+        bounds.start_key, bounds.end_key, now, start_field=start_field, end_field=end_field
+    )
+    _check_size(len(span), "selection.range")
+    return list(spec.keys_page(span.start, len(span), now))
+
+
+def _explicit_keys(
+    definition: WorkflowDefinition, spec: Any, requested: list[str], now: datetime
+) -> list[str]:
+    field = "selection.keys.partition_keys"
+    if not requested:
+        raise InvalidArgument.for_field(field, "at least one key is required")
+    _check_size(len(requested), field)
+    collector = ViolationCollector()
+    seen: dict[str, int] = {}
+    unique: list[tuple[int, str]] = []
+    for index, key in enumerate(requested):
+        first = seen.setdefault(key, index)
+        if first != index:
+            collector.add(f"{field}[{index}]", f"duplicate of {field}[{first}] ({quote_key(key)})")
+        else:
+            unique.append((index, key))
+    positions: dict[str, int] = {}
+    if isinstance(spec, DynamicSpec):
+        try:
+            found = _dynamic_positions(
+                definition, [key for _, key in unique], [f"{field}[{i}]" for i, _ in unique]
+            )
+            positions = {key: position for (_, key), position in zip(unique, found, strict=True)}
+        except InvalidArgument as error:
+            collector.extend(error)
+    elif isinstance(spec, TimeWindowSpec) and spec.count(now) <= max(
+        ENUMERATE_FACTOR * len(unique), ENUMERATE_MINIMUM
+    ):
+        index_of = {key: i for i, key in enumerate(spec.keys_page(0, spec.count(now), now))}
+        for index, key in unique:
+            position = index_of.get(key)
+            if position is not None:
+                positions[key] = position
+                continue
+            try:
+                spec.validate_key(key, now, f"{field}[{index}]")
+            except InvalidArgument as error:
+                collector.extend(error)
+            else:  # pragma: no cover - the list holds every valid key
+                raise AssertionError(f"{key!r} is valid but was not listed")
+    else:
+        assert isinstance(spec, TimeWindowSpec | StaticSpec)
+        for index, key in unique:
+            try:
+                positions[key] = spec.validate_key(key, now, f"{field}[{index}]")
+            except InvalidArgument as error:
+                collector.extend(error)
+    collector.raise_if_any("invalid backfill selection")
+    return sorted(positions, key=positions.__getitem__)
+
+
+def _dynamic_positions(
+    definition: WorkflowDefinition, wanted: Sequence[str], fields: Sequence[str]
+) -> list[int]:
+    """Registry position (first partitioned asset) of each key, which must be live in every
+    partitioned asset of the workflow; one violation per bad key."""
+    collector = ViolationCollector()
+    assets = _partitioned_assets(definition)
+    registries = {asset: store.dynamic_registry(asset, list(wanted)) for asset in assets}
+    positions: list[int] = []
+    for key, field in zip(wanted, fields, strict=True):
+        problem = key_syntax_problem(key)
+        if problem is not None:
+            collector.add(field, f"partition key {quote_key(key)} {problem}")
+            continue
+        for asset_id in assets:
+            entry = registries[asset_id].get(key)
+            if entry is None:
+                collector.add(field, f"{quote_key(key)} is not a key of dynamic asset {asset_id!r}")
+                break
+            if not entry[1]:
+                collector.add(field, f"{quote_key(key)} was deleted from dynamic asset {asset_id!r}")
+                break
+        else:
+            positions.append(registries[assets[0]][key][0])
+    collector.raise_if_any("invalid backfill selection")
+    return positions
+
+
+# --- retry policies -----------------------------------------------------------------------------
+
+
+def retry_policy_json(policy: RetryPolicy | None) -> str:
+    """How a backfill stores its retry policy override ('' = the workflow's)."""
+    if policy is None:
+        return ""
+    return json.dumps(
+        {
+            "max_attempts": policy.max_attempts,
+            "initial_backoff_s": policy.initial_backoff.total_seconds(),
+            "backoff_coefficient": policy.backoff_coefficient,
+            "maximum_backoff_s": policy.maximum_backoff.total_seconds(),
+        },
+        sort_keys=True,
+    )
+
+
+def retry_policy_of(row: BackfillRow) -> RetryPolicy | None:
+    if not row.retry_policy:
+        return None
+    stored = json.loads(row.retry_policy)
+    return RetryPolicy(
+        max_attempts=int(stored["max_attempts"]),
+        initial_backoff=timedelta(seconds=stored["initial_backoff_s"]),
+        backoff_coefficient=float(stored["backoff_coefficient"]),
+        maximum_backoff=timedelta(seconds=stored["maximum_backoff_s"]),
+    )
+
+
+# --- creating -----------------------------------------------------------------------------------
+
+
+def create_tx(outbox: Outbox, new: store.NewBackfill, keys: Sequence[str], now_us: int) -> BackfillRow:
+    """Writes the backfill and its plan (every key PENDING, in order) in this transaction."""
+    row = store.insert_backfill(new, len(keys), now_us)
+    store.insert_plan(row.id, keys, now_us)
+    outbox.add(
+        _backfill_event(row, "QUEUED", f"backfill {row.id} created with {len(keys):,} keys", row.snapshot())
+    )
+    log_event(
+        logger,
+        "backfill created",
+        backfill_id=str(row.id),
+        workflow_slug=row.workflow_slug,
+        keys=len(keys),
+        max_concurrent_runs=row.max_concurrent_runs,
+    )
+    return row
+
+
+def selection_json(selection: partitions_pb2.PartitionSelection) -> str:
+    return json.dumps(
+        json_format.MessageToDict(selection, preserving_proto_field_name=True), separators=(",", ":")
+    )
+
+
+def _backfill_event(
+    row: BackfillRow, event_type: str, message: str, snapshot: dict[str, Any], partition_key: str = ""
+) -> NewEvent:
+    """An event about the backfill itself (no run)."""
+    return NewEvent(
+        type=event_type,
+        workflow_slug=row.workflow_slug,
+        partition_key=partition_key,
+        backfill_id=row.id,
+        message=message,
+        data={"backfill": snapshot},
+    )
+
+
+def get_tx(backfill_id: int, *, lock: bool = False) -> BackfillRow:
+    row = store.get_backfill(backfill_id, lock=lock)
+    if row is None:
+        raise NotFound(f"backfill {backfill_id} does not exist", metadata={"backfill_id": str(backfill_id)})
+    return row
+
+
+# --- dispatching --------------------------------------------------------------------------------
+
+
+class DispatchConflict(Exception):
+    """Another dispatcher (a deposed leader) or a cancel got there first; nothing was written."""
+
+
+@dataclass
+class _Started:
+    state: str
+    event: NewEvent
+    new_run: bool
+
+
+def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, now: datetime) -> int:
+    """Turns up to `limit` PENDING keys of a RUNNING backfill, in key order, into queued runs (or
+    adopts the run already in flight for a key's slice), within max_concurrent_runs; returns how
+    many keys moved. Raises DispatchConflict (rolling the transaction back) when the backfill
+    changed under it: every key write is conditional on the key still being PENDING and the
+    counters on the backfill still RUNNING with room, so a deposed leader cannot double-dispatch.
+    """
+    from server.api.run_service import new_run  # imported late: run_service imports lifecycle
+
+    now_us = micros(now)
+    # The backfill row first (PostgreSQL: FOR UPDATE): every transaction that moves keys of this
+    # backfill locks it before any per-asset partition state counters.
+    row = store.get_backfill(backfill_id, lock=True)
+    if row is None or row.state != store.RUNNING or not row.counts.pending:
+        return 0
+    room = min(limit, row.max_concurrent_runs - row.counts.in_flight)
+    if room <= 0:
+        return 0
+    definition = catalog.workflow(row.workflow_slug)
+    requested = json.loads(row.parameters or "{}")
+    labels = json.loads(row.labels or "{}")
+    policy = retry_policy_of(row)
+    moves: list[tuple[str, str]] = []
+    events: list[NewEvent] = []
+    added_in_flight = 0
+    queued = 0
+    for key in store.pending_keys(backfill_id, room):
+        if not store.take_pending(backfill_id, key.ordinal, now_us):
+            continue
+        started = _start_key(outbox, definition, row, key, requested, labels, policy, now, new_run)
+        if started is None:  # its slice's run ended while we looked: leave the key for the next pass
+            continue
+        moves.append((store.PENDING, started.state))
+        events.append(started.event)
+        if started.state in store.IN_FLIGHT:
+            added_in_flight += 1
+        queued += started.new_run
+    if not moves:
+        return 0
+    updated = store.apply_counts(
+        backfill_id,
+        store.deltas_of(moves),
+        now_us,
+        only_if_state=store.RUNNING,
+        added_in_flight_cap=added_in_flight,
+    )
+    if updated is None:
+        raise DispatchConflict(f"backfill {backfill_id} changed while dispatching")
+    updated = _finish_if_decided(updated, now_us)
+    # Each event carries the counts right after its own key moved.
+    for index, event in enumerate(events):
+        later = store.deltas_of(moves[index + 1 :])
+        counts = updated.counts.plus({state: -delta for state, delta in later.items()})
+        last = index == len(events) - 1
+        event.data["backfill"] = {
+            "state": updated.state if last else store.RUNNING,
+            "counts": counts.as_list(),
+            "end_time": updated.end_time if last else None,
+        }
+    return len(moves)
+
+
+def _start_key(
+    outbox: Outbox,
+    definition: WorkflowDefinition | None,
+    row: BackfillRow,
+    key: KeyRow,
+    requested: dict[str, Any],
+    labels: dict[str, str],
+    policy: RetryPolicy | None,
+    now: datetime,
+    new_run: Any,
+) -> _Started | None:
+    """A key the dispatcher took (now QUEUED, no run yet): queue its run, adopt the slice's run in
+    flight, or fail the key when it no longer belongs to the definition."""
+    now_us = micros(now)
+    try:
+        if definition is None:
+            raise NotFound(f"workflow {row.workflow_slug!r} no longer exists")
+        positions = key_positions.resolve_positions(definition, key.partition_key, now, register=False)
+    except DomainError as error:
+        store.fail_taken_key(row.id, key.ordinal, error.message, now_us)
+        event = _backfill_event(
+            row,
+            "FAILED",
+            f"key {quote_key(key.partition_key)} cannot run: {error.message}",
+            {},
+            key.partition_key,
+        )
+        outbox.add(event)
+        return _Started(store.FAILED, event, False)
+    assert definition is not None
+    retrying = key.next_trigger == "RETRY"
+    fresh = new_run(
+        definition,
+        key.partition_key,
+        requested,
+        labels,
+        "RETRY" if retrying else "BACKFILL",
+        row.trigger_principal,
+        source_id=str(key.run_id) if retrying and key.run_id is not None else str(row.id),
+        backfill_id=row.id,
+        policy=policy,
+    )
+    for _ in range(3):
+        run = runs.insert_if_no_run_in_flight(fresh, now_us)
+        if run is not None:
+            partition_state.mark_in_flight(positions, key.partition_key, run.id, now_us)
+            event = lifecycle.run_event(run, "QUEUED", runs.QUEUED)
+            outbox.add(event)
+            lifecycle.log_transition(run, runs.QUEUED, f"run {run.id} queued by backfill {row.id}")
+            store.attach_run(row.id, key.ordinal, run.id, store.QUEUED, 0, now_us)
+            return _Started(store.QUEUED, event, True)
+        existing = store.lock_in_flight_run(definition.slug, key.partition_key)
+        if existing is not None:
+            return _adopt(outbox, row, key, existing, now_us)
+    store.restore_pending(row.id, key.ordinal, now_us)
+    return None
+
+
+def _adopt(outbox: Outbox, row: BackfillRow, key: KeyRow, run: Run, now_us: int) -> _Started:
+    """The key's slice already has a run in flight: the key follows that run."""
+    attempts = run.attempt if run.state == runs.RUNNING else run.attempt - 1
+    store.attach_run(row.id, key.ordinal, run.id, run.state, attempts, now_us)
+    event = NewEvent(
+        type="QUEUED" if run.state == runs.QUEUED else "STARTED",
+        workflow_slug=run.workflow_slug,
+        run_id=run.id,
+        partition_key=run.partition_key,
+        backfill_id=row.id,
+        state=run.state,
+        attempt=run.attempt,
+        progress=run.progress,
+        message=f"backfill {row.id} adopted run {run.id}, already {run.state.lower()} for this key",
+    )
+    outbox.add(event)
+    log_event(
+        logger,
+        "backfill adopted a run in flight",
+        backfill_id=str(row.id),
+        run_id=str(run.id),
+        partition_key=run.partition_key,
+        state=run.state,
+    )
+    return _Started(run.state, event, False)
+
+
+# --- following runs (lifecycle hook) --------------------------------------------------------------
+
+_EVENT_OF_STATE = {
+    runs.QUEUED: "RETRY_SCHEDULED",
+    runs.RUNNING: "STARTED",
+    runs.SUCCEEDED: "SUCCEEDED",
+    runs.FAILED: "FAILED",
+    runs.CANCELED: "CANCELED",
+}
+
+
+def run_changed_tx(
+    outbox: Outbox,
+    run: Run,
+    now_us: int,
+    *,
+    attempted: int = 0,
+    error: str | None = None,
+    event: NewEvent | None = None,
+) -> None:
+    """Lifecycle hook of every run transition: the key(s) whose current run this is take the
+    run's state (QUEUED again for a retry or a released claim), `attempted` attempts more (1 at
+    a claim, -1 when a claim is released) and `error` as their last error; the backfill's
+    counters follow, and it finishes once every key is decided.
+
+    The transition's event is `event` (not yet in the outbox) or else the outbox's last event
+    of the run; it gets the backfill's snapshot. Call it before touching partition state: lock
+    order is run, key, backfill row, then per-asset state counters, in every transaction.
+    """
+    for key in store.keys_of_run(run.id):
+        if not store.move_key(key, run.state, attempted, error, now_us):
+            continue
+        deltas = store.deltas_of([(key.state, run.state)])
+        if not deltas:
+            continue
+        row = store.apply_counts(key.backfill_id, deltas, now_us)
+        if row is None:
+            continue
+        row = _finish_if_decided(row, now_us)
+        snapshot = row.snapshot()
+        if event is not None and event.backfill_id == row.id:
+            event.data["backfill"] = snapshot
+        elif not _annotate(outbox, run, row.id, snapshot):
+            outbox.add(
+                NewEvent(
+                    type=event.type if event is not None else _last_event_type(outbox, run),
+                    workflow_slug=run.workflow_slug,
+                    run_id=run.id,
+                    partition_key=run.partition_key,
+                    backfill_id=row.id,
+                    state=run.state,
+                    attempt=run.attempt,
+                    progress=run.progress,
+                    message=f"run {run.id} of backfill {row.id}'s key {quote_key(key.partition_key)}",
+                    data={"backfill": snapshot},
+                )
+            )
+        if row.state == store.CANCELING and run.state == runs.RUNNING and not run.cancel_requested:
+            # Claimed while its backfill was being canceled: ask the worker to stop.
+            runs.request_cancel(run.id, now_us)
+            run.cancel_requested = True
+            outbox.add(
+                lifecycle.run_event(
+                    run, "PROGRESS", runs.RUNNING, f"cancel requested: backfill {row.id} is canceling"
+                )
+            )
+
+
+def _annotate(outbox: Outbox, run: Run, backfill_id: int, snapshot: dict[str, Any]) -> bool:
+    for event in reversed(outbox.events):
+        if event.run_id == run.id and event.backfill_id == backfill_id:
+            event.data["backfill"] = snapshot
+            return True
+    return False
+
+
+def _last_event_type(outbox: Outbox, run: Run) -> str:
+    for event in reversed(outbox.events):
+        if event.run_id == run.id:
+            return event.type
+    return _EVENT_OF_STATE.get(run.state, "PROGRESS")
+
+
+def _finish_if_decided(row: BackfillRow, now_us: int) -> BackfillRow:
+    """Once no key is pending, queued or running: RUNNING -> COMPLETED (every key succeeded) or
+    COMPLETED_WITH_FAILURES, CANCELING -> CANCELED."""
+    if row.state not in store.OPEN or row.counts.undecided:
+        return row
+    if row.state == store.CANCELING:
+        target = store.CANCELED
+    elif row.counts.failed or row.counts.canceled:
+        target = store.COMPLETED_WITH_FAILURES
+    else:
+        target = store.COMPLETED
+    done = store.finish(row.id, row.state, target, now_us)
+    if done is None:
+        return store.get_backfill(row.id) or row
+    log_event(
+        logger,
+        "backfill finished",
+        backfill_id=str(done.id),
+        workflow_slug=done.workflow_slug,
+        state=done.state,
+        succeeded=done.counts.succeeded,
+        failed=done.counts.failed,
+        canceled=done.counts.canceled,
+    )
+    return done
+
+
+# --- cancel and retry ---------------------------------------------------------------------------
+
+
+def cancel_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, now: datetime) -> BackfillRow:
+    """PENDING keys -> CANCELED, queued runs canceled, running runs asked to stop; the backfill is
+    CANCELING until its runs end, then CANCELED. Canceling a canceled (or canceling) backfill
+    returns it as it is; a completed one is FAILED_PRECONDITION."""
+    now_us = micros(now)
+    row = get_tx(backfill_id, lock=True)
+    if row.state in (store.CANCELING, store.CANCELED):
+        return row
+    if row.state != store.RUNNING:
+        raise FailedPrecondition(
+            f"backfill {backfill_id} is already {row.state.lower()}; there is nothing to cancel",
+            reason="BACKFILL_FINISHED",
+            metadata={"backfill_id": str(backfill_id), "state": row.state},
+        )
+    canceled = store.cancel_pending(backfill_id, now_us)
+    updated = store.apply_counts(
+        backfill_id,
+        {store.PENDING: -canceled, store.CANCELED: canceled} if canceled else {},
+        now_us,
+        only_if_state=store.RUNNING,
+        new_state=store.CANCELING,
+    )
+    if updated is None:  # it finished meanwhile
+        return get_tx(backfill_id)
+    updated = _finish_if_decided(updated, now_us)
+    outbox.add(
+        _backfill_event(
+            updated,
+            "CANCELED",
+            f"backfill {backfill_id} canceled: {canceled:,} pending keys canceled",
+            updated.snapshot(),
+        )
+    )
+    log_event(logger, "backfill canceled", backfill_id=str(backfill_id), pending_canceled=canceled)
+    reason = f"backfill {backfill_id} canceled"
+    for key in store.in_flight_keys(backfill_id):
+        assert key.run_id is not None
+        # Held by another transaction (PostgreSQL): it is mid-transition and its hook will see
+        # the backfill CANCELING (a claim asks the worker to stop; an end counts).
+        if store.lock_run_if_free(key.run_id) is None:
+            continue
+        lifecycle.cancel_tx(outbox, catalog, key.run_id, reason, now)
+    return store.get_backfill(backfill_id) or updated
+
+
+def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], now: datetime) -> BackfillRow:
+    """FAILED and CANCELED keys (all, or the listed ones) -> PENDING, their next run a RETRY;
+    the backfill reopens to RUNNING. SUCCEEDED keys never re-run."""
+    now_us = micros(now)
+    row = get_tx(backfill_id, lock=True)
+    if row.state == store.CANCELING:
+        raise FailedPrecondition(
+            f"backfill {backfill_id} is still canceling; retry it once it is canceled",
+            reason="BACKFILL_CANCELING",
+            metadata={"backfill_id": str(backfill_id)},
+        )
+    listed: list[str] | None = None
+    if partition_keys:
+        listed = _retryable_listed(backfill_id, partition_keys)
+    moved = store.reopen(backfill_id, listed, now_us)
+    count = sum(moved.values())
+    if not count:
+        raise FailedPrecondition(
+            f"backfill {backfill_id} has no FAILED or CANCELED keys to retry",
+            reason="NOTHING_TO_RETRY",
+            metadata={"backfill_id": str(backfill_id)},
+        )
+    deltas = {state: -number for state, number in moved.items() if number}
+    deltas[store.PENDING] = count
+    updated = store.apply_counts(backfill_id, deltas, now_us, new_state=store.RUNNING, clear_end_time=True)
+    assert updated is not None
+    outbox.add(
+        _backfill_event(
+            updated,
+            "QUEUED",
+            f"backfill {backfill_id} reopened: {count:,} keys to re-run",
+            updated.snapshot(),
+        )
+    )
+    log_event(logger, "backfill reopened", backfill_id=str(backfill_id), keys=count)
+    return updated
+
+
+def _retryable_listed(backfill_id: int, partition_keys: Sequence[str]) -> list[str]:
+    """The listed keys, each a FAILED or CANCELED key of the backfill: INVALID_ARGUMENT for keys
+    it does not have (and duplicates), FAILED_PRECONDITION for keys in another state."""
+    field = "partition_keys"
+    found = store.keys_by_name(backfill_id, list(dict.fromkeys(partition_keys)))
+    unknown = ViolationCollector()
+    wrong_state = ViolationCollector()
+    seen: dict[str, int] = {}
+    for index, key in enumerate(partition_keys):
+        first = seen.setdefault(key, index)
+        if first != index:
+            unknown.add(f"{field}[{index}]", f"duplicate of {field}[{first}] ({quote_key(key)})")
+            continue
+        row = found.get(key)
+        if row is None:
+            unknown.add(f"{field}[{index}]", f"{quote_key(key)} is not a key of backfill {backfill_id}")
+        elif row.state not in (store.FAILED, store.CANCELED):
+            why = (
+                "succeeded keys are never re-run" if row.state == store.SUCCEEDED else "it has not ended yet"
+            )
+            wrong_state.add(
+                f"{field}[{index}]",
+                f"{quote_key(key)} is {row.state}; only FAILED or CANCELED keys can be retried ({why})",
+            )
+    unknown.raise_if_any("invalid RetryBackfill request")
+    if wrong_state.violations:
+        first_violation = wrong_state.violations[0]
+        raise FailedPrecondition(
+            f"{first_violation.field}: {first_violation.description}"
+            + (f" (and {len(wrong_state.violations) - 1} more)" if len(wrong_state.violations) > 1 else ""),
+            reason="KEY_NOT_RETRYABLE",
+            metadata={"backfill_id": str(backfill_id)},
+            violations=wrong_state.violations,
+        )
+    return list(seen)

@@ -1,0 +1,182 @@
+"""The backfill dispatcher: turns PENDING keys of running backfills into queued runs.
+
+One process dispatches at a time (architecture, "Leadership"):
+
+- SQLite: the one server leads.
+- PostgreSQL: the leader holds `pg_try_advisory_lock(DISPATCHER_LOCK)` on a dedicated
+  autocommit connection. Others retry every `leader_retry` seconds; when the leader dies its
+  connection drops, PostgreSQL releases the lock, and the next try takes over. The leader also
+  LISTENs on that connection for `partita_events`, so commits on every replica wake it.
+
+A pass reads the running backfills with pending keys and room under their cap, and for each
+runs `dispatch_tx` (server/backfills.py) until it has no room or no pending key left. Passes
+run when something may have changed — after every local commit that wrote events (the store's
+commit listener: completions, failures, cancels, creations), on NOTIFY from other replicas —
+and on a slow safety-net poll. A deposed leader may finish one more pass: every write of it is
+conditional (keys `WHERE state = 'PENDING'`, the counters on the backfill still RUNNING with
+room), so it cannot dispatch a key twice or overfill a backfill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from server import backfills
+from server.logging import log_event
+from storage import backfills as store
+from storage.events import EVENTS_CHANNEL
+from storage.models import micros
+
+if TYPE_CHECKING:
+    from server.api.context import ServiceContext
+
+logger = logging.getLogger("partita.dispatcher")
+
+# Session-level advisory lock key of the dispatcher's leadership ("partitad").
+DISPATCHER_LOCK = 0x7061727469746164
+# Keys one dispatch transaction moves at most.
+DISPATCH_BATCH = 64
+POLL_INTERVAL = 2.0
+LEADER_RETRY = 1.0
+# A leader checks its lock connection this often (a dropped connection means the lock is gone).
+LEADER_CHECK = 1.0
+
+
+class BackfillDispatcher:
+    def __init__(
+        self,
+        context: ServiceContext,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        leader_retry: float = LEADER_RETRY,
+    ) -> None:
+        self.context = context
+        self.poll_interval = poll_interval
+        self.leader_retry = leader_retry
+        self.wake = asyncio.Event()
+        # SQLite has one server: it leads. PostgreSQL: the advisory lock decides.
+        self.leader = context.store.is_sqlite
+        self.passes = 0
+
+    def _woken(self, head_sequence: int | None = None) -> None:
+        self.wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self.context.store.add_commit_listener(self._woken)
+        helpers: list[asyncio.Task[None]] = []
+        if not self.context.store.is_sqlite:
+            helpers.append(asyncio.create_task(self._hold_leadership(stopping), name="dispatcher-leadership"))
+        stop_waiter = asyncio.create_task(stopping.wait(), name="dispatcher-stop")
+        failures = 0
+        self.wake.set()
+        try:
+            while not stopping.is_set():
+                woken = asyncio.create_task(self.wake.wait())
+                await asyncio.wait(
+                    (woken, stop_waiter), timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                woken.cancel()
+                if stopping.is_set():
+                    break
+                self.wake.clear()
+                if not self.leader:
+                    continue
+                try:
+                    await self.dispatch_pass(stopping)
+                    failures = 0
+                except Exception as error:
+                    failures += 1
+                    log_event(
+                        logger, "dispatch pass failed; retrying", level=logging.WARNING, error=repr(error)
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), min(5.0, 0.05 * 2**failures))
+        finally:
+            stop_waiter.cancel()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(stop_waiter, *helpers, return_exceptions=True)
+
+    async def dispatch_pass(self, stopping: asyncio.Event | None = None) -> int:
+        """Dispatches what fits now; returns how many keys moved."""
+        self.passes += 1
+        context = self.context
+        moved = 0
+        for backfill_id, _ in await context.store.read(store.dispatchable):
+            while stopping is None or not stopping.is_set():
+                now = context.clock.now()
+                try:
+                    count = await context.store.write(
+                        functools.partial(
+                            backfills.dispatch_tx,
+                            catalog=context.catalog,
+                            backfill_id=backfill_id,
+                            limit=DISPATCH_BATCH,
+                            now=now,
+                        ),
+                        micros(now),
+                    )
+                except backfills.DispatchConflict:
+                    break
+                if not count:
+                    break
+                moved += count
+                context.work.notify(count)
+        return moved
+
+    async def _hold_leadership(self, stopping: asyncio.Event) -> None:
+        """PostgreSQL: try the advisory lock until it is ours, then hold it (and listen) until
+        the connection drops or the server stops."""
+        import psycopg
+
+        failures = 0
+        while not stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.context.store.url, autocommit=True
+                ) as connection:
+                    failures = 0
+                    while not stopping.is_set():
+                        cursor = await connection.execute(
+                            "SELECT pg_try_advisory_lock(%s)", (DISPATCHER_LOCK,)
+                        )
+                        row = await cursor.fetchone()
+                        if row is not None and row[0]:
+                            break
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), self.leader_retry)
+                    else:
+                        return
+                    await connection.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    self.leader = True
+                    self.wake.set()
+                    log_event(logger, "backfill dispatcher leads")
+                    while not stopping.is_set():
+                        async for _ in connection.notifies(timeout=LEADER_CHECK):
+                            self.wake.set()
+                        await connection.execute("SELECT 1")  # raises once the connection is gone
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                log_event(
+                    logger,
+                    "dispatcher leadership connection failed",
+                    level=logging.WARNING,
+                    error=repr(error),
+                )
+            finally:
+                if self.leader:
+                    self.leader = False
+                    log_event(logger, "backfill dispatcher stepped down")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), min(5.0, 0.1 * 2**failures))
+
+
+async def run_backfill_dispatcher(context: ServiceContext, stopping: asyncio.Event) -> None:
+    """Background task (server/app.py DEFAULT_BACKGROUND_TASKS)."""
+    await BackfillDispatcher(context).run(stopping)

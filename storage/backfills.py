@@ -1,0 +1,577 @@
+"""Backfills in storage: the plan (one `backfill_partition` row per key, in key order), the
+per-state counters on the `backfill` row, and conditional transitions.
+
+Every function runs inside the caller's transaction. Key transitions are guarded UPDATEs
+(`WHERE state = <the state we saw>`), so a deposed dispatcher, a cancel and a run's own
+transition can never both move one key; the counters move by the same deltas in the same
+transaction, so `pending + queued + running = 0` means every key is decided.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import peewee as pw
+
+from storage import sql
+from storage.models import Run, database_proxy
+
+# Key states.
+PENDING = "PENDING"
+QUEUED = "QUEUED"
+RUNNING = "RUNNING"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+CANCELED = "CANCELED"
+KEY_STATES = (PENDING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+IN_FLIGHT = (QUEUED, RUNNING)
+UNDECIDED = (PENDING, QUEUED, RUNNING)
+
+# Backfill states (RUNNING and CANCELED as above).
+COMPLETED = "COMPLETED"
+COMPLETED_WITH_FAILURES = "COMPLETED_WITH_FAILURES"
+CANCELING = "CANCELING"
+BACKFILL_STATES = (RUNNING, COMPLETED, COMPLETED_WITH_FAILURES, CANCELING, CANCELED)
+TERMINAL = (COMPLETED, COMPLETED_WITH_FAILURES, CANCELED)
+OPEN = (RUNNING, CANCELING)
+
+# IN (...) lists are chunked below this many parameters (SQLite's default limit is 32,766).
+CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int = 0
+    pending: int = 0
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    canceled: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.queued + self.running
+
+    @property
+    def undecided(self) -> int:
+        return self.pending + self.queued + self.running
+
+    def of(self, state: str) -> int:
+        return int(getattr(self, state.lower()))
+
+    def as_list(self) -> list[int]:
+        return [
+            self.total,
+            self.pending,
+            self.queued,
+            self.running,
+            self.succeeded,
+            self.failed,
+            self.canceled,
+        ]
+
+    @classmethod
+    def from_list(cls, values: Sequence[int]) -> Counts:
+        return cls(*(int(value) for value in values))
+
+    def plus(self, deltas: Mapping[str, int]) -> Counts:
+        values = {state.lower(): self.of(state) + deltas.get(state, 0) for state in KEY_STATES}
+        return Counts(total=self.total, **values)
+
+
+@dataclass(frozen=True)
+class BackfillRow:
+    id: int
+    workflow_slug: str
+    state: str
+    selection: str
+    parameters: str
+    max_concurrent_runs: int
+    retry_policy: str
+    labels: str
+    trigger_kind: str
+    trigger_source_id: str
+    trigger_principal: str
+    create_time: int
+    end_time: int | None
+    update_time: int
+    counts: Counts
+
+    def snapshot(self) -> dict[str, Any]:
+        """What an event of this backfill carries: its state and counts right after the event."""
+        return {"state": self.state, "counts": self.counts.as_list(), "end_time": self.end_time}
+
+
+_BACKFILL_COLUMNS = (
+    "id, workflow_slug, state, selection, parameters, max_concurrent_runs, retry_policy, labels, "
+    "trigger_kind, trigger_source_id, trigger_principal, create_time, end_time, update_time, total_count, "
+    "pending_count, queued_count, running_count, succeeded_count, failed_count, canceled_count"
+)
+
+
+def _backfill(row: Sequence[Any]) -> BackfillRow:
+    return BackfillRow(
+        int(row[0]),
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        int(row[5]),
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        int(row[11]),
+        None if row[12] is None else int(row[12]),
+        int(row[13]),
+        Counts.from_list(row[14:21]),
+    )
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One key of a backfill's plan."""
+
+    backfill_id: int
+    ordinal: int
+    partition_key: str
+    state: str
+    attempts: int
+    run_id: int | None
+    last_error: str
+    next_trigger: str
+
+
+_KEY_COLUMNS = "backfill_id, ordinal, partition_key, state, attempts, run_id, last_error, next_trigger"
+
+
+def _key(row: Sequence[Any]) -> KeyRow:
+    return KeyRow(
+        int(row[0]),
+        int(row[1]),
+        row[2],
+        row[3],
+        int(row[4]),
+        None if row[5] is None else int(row[5]),
+        row[6],
+        row[7],
+    )
+
+
+def _database() -> pw.Database:
+    db = database_proxy.obj
+    assert db is not None, "models are not bound to a database"
+    return db
+
+
+def _in(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+# --- creating -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewBackfill:
+    workflow_slug: str
+    selection: str
+    parameters: str
+    max_concurrent_runs: int
+    retry_policy: str
+    labels: str
+    trigger_principal: str
+    trigger_kind: str = "MANUAL"
+    trigger_source_id: str = ""
+
+
+def insert_backfill(new: NewBackfill, total: int, now: int) -> BackfillRow:
+    """The backfill row, RUNNING with every key pending (COMPLETED at once when it has none)."""
+    state = RUNNING if total else COMPLETED
+    found = sql.rows(
+        "INSERT INTO backfill (workflow_slug, state, selection, parameters, max_concurrent_runs, retry_policy, "
+        "labels, trigger_kind, trigger_source_id, trigger_principal, create_time, end_time, update_time, "
+        "total_count, pending_count, queued_count, running_count, succeeded_count, failed_count, canceled_count) "
+        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, 0, 0, 0, 0) "
+        f"RETURNING {_BACKFILL_COLUMNS}",
+        (
+            new.workflow_slug,
+            state,
+            new.selection,
+            new.parameters,
+            new.max_concurrent_runs,
+            new.retry_policy,
+            new.labels,
+            new.trigger_kind,
+            new.trigger_source_id,
+            new.trigger_principal,
+            now,
+            None if total else now,
+            now,
+            total,
+            total,
+        ),
+    )
+    return _backfill(found[0])
+
+
+def insert_plan(backfill_id: int, keys: Sequence[str], now: int) -> None:
+    """One PENDING row per key, ordinal = index in `keys` (key order), in bulk: COPY on
+    PostgreSQL, one executemany on SQLite — never a statement per row from Python."""
+    if not keys:
+        return
+    db = _database()
+    if isinstance(db, pw.PostgresqlDatabase):
+        cursor = db.cursor()
+        try:
+            with cursor.copy(
+                "COPY backfill_partition (backfill_id, ordinal, partition_key, state, attempts, last_error, "
+                "update_time, next_trigger) FROM STDIN"
+            ) as copy:
+                for ordinal, key in enumerate(keys):
+                    copy.write_row((backfill_id, ordinal, key, PENDING, 0, "", now, "BACKFILL"))
+        finally:
+            cursor.close()
+        return
+    cursor = db.cursor()
+    try:
+        cursor.executemany(
+            "INSERT INTO backfill_partition (backfill_id, ordinal, partition_key, state, attempts, last_error, "
+            "update_time, next_trigger) VALUES (?, ?, ?, 'PENDING', 0, '', ?, 'BACKFILL')",
+            ((backfill_id, ordinal, key, now) for ordinal, key in enumerate(keys)),
+        )
+    finally:
+        cursor.close()
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def get_backfill(backfill_id: int, *, lock: bool = False) -> BackfillRow | None:
+    suffix = " FOR UPDATE" if lock and sql.is_postgres() else ""
+    found = sql.rows(f"SELECT {_BACKFILL_COLUMNS} FROM backfill WHERE id = %s{suffix}", (backfill_id,))
+    return _backfill(found[0]) if found else None
+
+
+def list_backfills(
+    workflow_slug: str, states: Sequence[str], before_id: int | None, limit: int
+) -> list[BackfillRow]:
+    """Newest first."""
+    conditions = ["1 = 1"]
+    params: list[Any] = []
+    if workflow_slug:
+        conditions.append("workflow_slug = %s")
+        params.append(workflow_slug)
+    if states:
+        conditions.append(f"state IN ({_in(states)})")
+        params.extend(states)
+    if before_id is not None:
+        conditions.append("id < %s")
+        params.append(before_id)
+    found = sql.rows(
+        f"SELECT {_BACKFILL_COLUMNS} FROM backfill WHERE {' AND '.join(conditions)} "
+        f"ORDER BY id DESC LIMIT {int(limit)}",
+        params,
+    )
+    return [_backfill(row) for row in found]
+
+
+def list_keys(backfill_id: int, states: Sequence[str], after_ordinal: int, limit: int) -> list[KeyRow]:
+    """Keys after `after_ordinal` in key order, only `states` (empty: all)."""
+    state_filter = f"AND state IN ({_in(states)}) " if states else ""
+    found = sql.rows(
+        f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE backfill_id = %s {state_filter}"
+        f"AND ordinal > %s ORDER BY ordinal LIMIT {int(limit)}",
+        (backfill_id, *states, after_ordinal),
+    )
+    return [_key(row) for row in found]
+
+
+def keys_by_name(backfill_id: int, partition_keys: Sequence[str]) -> dict[str, KeyRow]:
+    found: dict[str, KeyRow] = {}
+    for start in range(0, len(partition_keys), CHUNK):
+        chunk = partition_keys[start : start + CHUNK]
+        for row in sql.rows(
+            f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE backfill_id = %s AND partition_key IN ({_in(chunk)})",
+            (backfill_id, *chunk),
+        ):
+            key = _key(row)
+            found[key.partition_key] = key
+    return found
+
+
+def dispatchable(limit: int = 1000) -> list[tuple[int, int]]:
+    """(backfill id, free slots) of RUNNING backfills with pending keys and room under their cap,
+    oldest first."""
+    found = sql.rows(
+        "SELECT id, max_concurrent_runs - queued_count - running_count FROM backfill "
+        "WHERE state = 'RUNNING' AND pending_count > 0 AND queued_count + running_count < max_concurrent_runs "
+        f"ORDER BY id LIMIT {int(limit)}"
+    )
+    return [(int(backfill_id), int(free)) for backfill_id, free in found]
+
+
+def pending_keys(backfill_id: int, limit: int) -> list[KeyRow]:
+    found = sql.rows(
+        f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE backfill_id = %s AND state = 'PENDING' "
+        f"ORDER BY ordinal LIMIT {int(limit)}",
+        (backfill_id,),
+    )
+    return [_key(row) for row in found]
+
+
+def in_flight_keys(backfill_id: int) -> list[KeyRow]:
+    found = sql.rows(
+        f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE backfill_id = %s AND state IN ('QUEUED', 'RUNNING') "
+        "ORDER BY ordinal",
+        (backfill_id,),
+    )
+    return [_key(row) for row in found]
+
+
+def keys_of_run(run_id: int) -> list[KeyRow]:
+    """The in-flight keys (of any backfill) whose current run is `run_id`."""
+    found = sql.rows(
+        f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE run_id = %s AND state IN ('QUEUED', 'RUNNING')",
+        (run_id,),
+    )
+    return [_key(row) for row in found]
+
+
+def last_event_sequence(backfill_id: int) -> int:
+    """The newest retained event of the backfill (0 when none)."""
+    return int(sql.scalar("SELECT MAX(sequence) FROM run_event WHERE backfill_id = %s", (backfill_id,)) or 0)
+
+
+def event_snapshots(
+    backfill_id: int, from_sequence: int, limit: int
+) -> list[tuple[int, dict[str, Any] | None]]:
+    """(sequence, backfill snapshot or None) of the backfill's events from `from_sequence` on."""
+    found = sql.rows(
+        "SELECT sequence, data FROM run_event WHERE backfill_id = %s AND sequence >= %s "
+        f"ORDER BY sequence LIMIT {int(limit)}",
+        (backfill_id, from_sequence),
+    )
+    result: list[tuple[int, dict[str, Any] | None]] = []
+    for sequence, data in found:
+        snapshot = json.loads(data or "{}").get("backfill")
+        result.append((int(sequence), snapshot if isinstance(snapshot, dict) else None))
+    return result
+
+
+def materialized_keys(asset_id: str) -> set[str]:
+    """Keys of the asset with a successful materialization."""
+    return {
+        row[0]
+        for row in sql.rows(
+            "SELECT partition_key FROM partition_state WHERE asset_id = %s AND latest_materialization_id IS NOT NULL",
+            (asset_id,),
+        )
+    }
+
+
+def live_dynamic_keys(
+    asset_id: str, low_id: int | None = None, high_id: int | None = None
+) -> list[tuple[int, str]]:
+    """(registry sequence, key) of the asset's live dynamic keys, in registry order, optionally
+    between two sequences (inclusive)."""
+    bounds = ""
+    params: list[Any] = [asset_id]
+    if low_id is not None and high_id is not None:
+        bounds = "AND id BETWEEN %s AND %s "
+        params.extend((low_id, high_id))
+    return [
+        (int(position), key)
+        for position, key in sql.rows(
+            "SELECT id, partition_key FROM dynamic_partition WHERE asset_id = %s AND delete_time IS NULL "
+            f"{bounds}ORDER BY id",
+            params,
+        )
+    ]
+
+
+def dynamic_registry(asset_id: str, partition_keys: Sequence[str]) -> dict[str, tuple[int, bool]]:
+    """key -> (registry sequence, live) for the keys the asset's registry has."""
+    found: dict[str, tuple[int, bool]] = {}
+    for start in range(0, len(partition_keys), CHUNK):
+        chunk = partition_keys[start : start + CHUNK]
+        for position, key, deleted in sql.rows(
+            "SELECT id, partition_key, delete_time FROM dynamic_partition WHERE asset_id = %s "
+            f"AND partition_key IN ({_in(chunk)})",
+            (asset_id, *chunk),
+        ):
+            found[key] = (int(position), deleted is None)
+    return found
+
+
+# --- transitions --------------------------------------------------------------------------------
+
+
+def take_pending(backfill_id: int, ordinal: int, now: int) -> bool:
+    """PENDING -> QUEUED for the dispatcher; False when someone else moved the key first."""
+    cursor = sql.execute(
+        "UPDATE backfill_partition SET state = 'QUEUED', update_time = %s "
+        "WHERE backfill_id = %s AND ordinal = %s AND state = 'PENDING'",
+        (now, backfill_id, ordinal),
+    )
+    return bool(cursor.rowcount)
+
+
+def attach_run(backfill_id: int, ordinal: int, run_id: int, state: str, attempts: int, now: int) -> None:
+    """The dispatcher queued (or adopted) `run_id` for a key it took."""
+    sql.execute(
+        "UPDATE backfill_partition SET run_id = %s, state = %s, attempts = attempts + %s, update_time = %s "
+        "WHERE backfill_id = %s AND ordinal = %s AND state = 'QUEUED'",
+        (run_id, state, attempts, now, backfill_id, ordinal),
+    )
+
+
+def restore_pending(backfill_id: int, ordinal: int, now: int) -> None:
+    """Gives back a key the dispatcher took but could not start."""
+    sql.execute(
+        "UPDATE backfill_partition SET state = 'PENDING', update_time = %s "
+        "WHERE backfill_id = %s AND ordinal = %s AND state = 'QUEUED'",
+        (now, backfill_id, ordinal),
+    )
+
+
+def fail_taken_key(backfill_id: int, ordinal: int, error: str, now: int) -> None:
+    sql.execute(
+        "UPDATE backfill_partition SET state = 'FAILED', last_error = %s, update_time = %s "
+        "WHERE backfill_id = %s AND ordinal = %s AND state = 'QUEUED'",
+        (error, now, backfill_id, ordinal),
+    )
+
+
+def move_key(key: KeyRow, state: str, attempts: int, error: str | None, now: int) -> bool:
+    """The key's run changed: `key.state` -> `state`; False when the key had moved already."""
+    error_update = ", last_error = %s" if error is not None else ""
+    params: list[Any] = [state, attempts]
+    if error is not None:
+        params.append(error)
+    params.extend((now, key.backfill_id, key.ordinal, key.state, key.run_id))
+    cursor = sql.execute(
+        f"UPDATE backfill_partition SET state = %s, attempts = attempts + %s{error_update}, update_time = %s "
+        "WHERE backfill_id = %s AND ordinal = %s AND state = %s AND run_id = %s",
+        params,
+    )
+    return bool(cursor.rowcount)
+
+
+def cancel_pending(backfill_id: int, now: int) -> int:
+    cursor = sql.execute(
+        "UPDATE backfill_partition SET state = 'CANCELED', update_time = %s WHERE backfill_id = %s AND state = 'PENDING'",
+        (now, backfill_id),
+    )
+    return int(cursor.rowcount)
+
+
+def reopen(backfill_id: int, partition_keys: Sequence[str] | None, now: int) -> dict[str, int]:
+    """FAILED and CANCELED keys (all, or those of `partition_keys`) -> PENDING, their next run a
+    RETRY; returns how many left each state."""
+    moved: dict[str, int] = {}
+    for state in (FAILED, CANCELED):
+        if partition_keys is None:
+            cursor = sql.execute(
+                "UPDATE backfill_partition SET state = 'PENDING', next_trigger = 'RETRY', update_time = %s "
+                "WHERE backfill_id = %s AND state = %s",
+                (now, backfill_id, state),
+            )
+            moved[state] = int(cursor.rowcount)
+            continue
+        moved[state] = 0
+        for start in range(0, len(partition_keys), CHUNK):
+            chunk = partition_keys[start : start + CHUNK]
+            cursor = sql.execute(
+                "UPDATE backfill_partition SET state = 'PENDING', next_trigger = 'RETRY', update_time = %s "
+                f"WHERE backfill_id = %s AND state = %s AND partition_key IN ({_in(chunk)})",
+                (now, backfill_id, state, *chunk),
+            )
+            moved[state] += int(cursor.rowcount)
+    return moved
+
+
+def apply_counts(
+    backfill_id: int,
+    deltas: Mapping[str, int],
+    now: int,
+    *,
+    only_if_state: str | None = None,
+    new_state: str | None = None,
+    clear_end_time: bool = False,
+    added_in_flight_cap: int | None = None,
+) -> BackfillRow | None:
+    """Moves the counters by `deltas` (key state -> change) and returns the row after it.
+
+    `only_if_state` / `added_in_flight_cap` make the update conditional (None when it does not
+    apply): the backfill must be in that state, and `added_in_flight_cap` more queued + running
+    keys must still fit under max_concurrent_runs — the dispatcher's guard against a second
+    (deposed) dispatcher.
+    """
+    sets = [f"{state.lower()}_count = {state.lower()}_count + %s" for state in deltas]
+    params: list[Any] = [int(value) for value in deltas.values()]
+    if new_state is not None:
+        sets.append("state = %s")
+        params.append(new_state)
+    if clear_end_time:
+        sets.append("end_time = NULL")
+    sets.append("update_time = %s")
+    params.append(now)
+    conditions = ["id = %s"]
+    params.append(backfill_id)
+    if only_if_state is not None:
+        conditions.append("state = %s")
+        params.append(only_if_state)
+    if added_in_flight_cap is not None:
+        conditions.append("queued_count + running_count + %s <= max_concurrent_runs")
+        params.append(added_in_flight_cap)
+    found = sql.rows(
+        f"UPDATE backfill SET {', '.join(sets)} WHERE {' AND '.join(conditions)} RETURNING {_BACKFILL_COLUMNS}",
+        params,
+    )
+    return _backfill(found[0]) if found else None
+
+
+def finish(backfill_id: int, from_state: str, state: str, now: int) -> BackfillRow | None:
+    """from_state -> a terminal `state` once no key is undecided (checked by the counters)."""
+    found = sql.rows(
+        "UPDATE backfill SET state = %s, end_time = %s, update_time = %s WHERE id = %s AND state = %s "
+        f"AND pending_count = 0 AND queued_count = 0 AND running_count = 0 RETURNING {_BACKFILL_COLUMNS}",
+        (state, now, now, backfill_id, from_state),
+    )
+    return _backfill(found[0]) if found else None
+
+
+def lock_in_flight_run(workflow_slug: str, partition_key: str) -> Run | None:
+    """The slice's queued or running run, locked until the transaction ends (PostgreSQL), so it
+    cannot end before the key that adopts it is recorded."""
+    lock = " FOR UPDATE" if sql.is_postgres() else ""
+    found = sql.select_models(
+        Run,
+        "workflow_slug = %s AND partition_key = %s AND state IN ('QUEUED', 'RUNNING')",
+        (workflow_slug, partition_key),
+        f"ORDER BY id LIMIT 1{lock}",
+    )
+    return found[0] if found else None
+
+
+def lock_run_if_free(run_id: int) -> Run | None:
+    """The run, locked (PostgreSQL: SKIP LOCKED — None when another transaction holds it)."""
+    lock = " FOR UPDATE SKIP LOCKED" if sql.is_postgres() else ""
+    found = sql.select_models(Run, "id = %s", (run_id,), lock)
+    return found[0] if found else None
+
+
+def deltas_of(moves: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Counter deltas of key moves (old state, new state)."""
+    deltas: dict[str, int] = {}
+    for old, new in moves:
+        if old == new:
+            continue
+        deltas[old] = deltas.get(old, 0) - 1
+        deltas[new] = deltas.get(new, 0) + 1
+    return {state: delta for state, delta in deltas.items() if delta}
