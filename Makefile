@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/partita/v1/*.proto)
 LISTEN ?= 127.0.0.1:50051
 DATABASE ?= sqlite:///partita.db
 
-.PHONY: install generate run test lint bench clean
+.PHONY: install generate docs run test lint bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ generate:
 	mkdir -p generated
 	$(BIN)/python -m tools.generate_protos generated
 
+docs:
+	$(BIN)/python -m tools.api_reference docs/api-reference.md
+
 run:
 	$(BIN)/python -m server --listen $(LISTEN) --database $(DATABASE)
 
@@ -31,6 +34,7 @@ lint:
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server storage tests tools bench
 	cd protos && ../$(BUF) lint
+	$(BIN)/python -m tools.api_reference --check
 
 bench:
 	$(BIN)/python -m bench
