@@ -7,7 +7,9 @@
   asset and materializations per ReportMaterializations call — INVALID_ARGUMENT with ErrorInfo
   reason `LIMIT_EXCEEDED`, metadata `limit=<name>`, and a BadRequest naming the field; and enum
   values the enum does not define (proto3 keeps them) — INVALID_ARGUMENT, reason
-  `UNKNOWN_ENUM_VALUE`.
+  `UNKNOWN_ENUM_VALUE`; Timestamps and Durations outside their documented ranges (which
+  would not convert to datetimes) and strings with NUL characters (PostgreSQL cannot store or
+  compare them) — INVALID_ARGUMENT naming the field.
 - `load_limits(path, overrides)`: `Limits` from a `--limits` TOML file and `--limit NAME=VALUE`
   flags (durations in seconds).
 """
@@ -31,6 +33,11 @@ from server.domain.errors import FieldViolation, InvalidArgument
 
 LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 STRUCT_TYPES = frozenset({"google.protobuf.Struct"})
+TIMESTAMP = "google.protobuf.Timestamp"
+DURATION = "google.protobuf.Duration"
+# google/protobuf/timestamp.proto and duration.proto: the valid ranges.
+MIN_TIMESTAMP_SECONDS, MAX_TIMESTAMP_SECONDS = -62_135_596_800, 253_402_300_799
+MAX_DURATION_SECONDS = 315_576_000_000
 _OPAQUE_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
 # (message type, repeated field) → the Limits field capping its length.
 REPEATED_CAPS: Mapping[tuple[str, str], str] = {
@@ -118,19 +125,30 @@ def _field_matters(field: FieldDescriptor, seen: frozenset[str]) -> bool:
     if field.type == FieldDescriptor.TYPE_ENUM:
         return True
     if field.type == FieldDescriptor.TYPE_STRING:
-        return _is_repeated(field)
+        return True
     message = field.message_type
     if field.type != FieldDescriptor.TYPE_MESSAGE or message is None:
         return False
-    if message.full_name in STRUCT_TYPES:
+    if message.full_name in STRUCT_TYPES or message.full_name in (TIMESTAMP, DURATION):
         return True
-    if message.full_name in _OPAQUE_TYPES or message.full_name in seen or message.GetOptions().map_entry:
+    if message.GetOptions().map_entry:
+        return any(inner.type == FieldDescriptor.TYPE_STRING for inner in message.fields)
+    if message.full_name in _OPAQUE_TYPES or message.full_name in seen:
         return False
     return any(_field_matters(inner, seen | {message.full_name}) for inner in message.fields)
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    message = field.message_type
+    return message is not None and bool(message.GetOptions().map_entry)
+
+
+def _nul(name: str) -> InvalidArgument:
+    return InvalidArgument.for_field(name, "must not contain NUL (U+0000) characters")
 
 
 def _unknown_enum(field: FieldDescriptor, name: str, value: int) -> InvalidArgument | None:
@@ -158,6 +176,15 @@ def _violations(message: Message, path: str, limits: Limits) -> Iterator[Invalid
                 if (error := _unknown_enum(field, where, value)) is not None:
                     yield error
             continue
+        if field.type == FieldDescriptor.TYPE_STRING and not _is_repeated(field):
+            if "\x00" in getattr(message, field.name):
+                yield _nul(name)
+            continue
+        if _is_map(field):
+            for key, value in getattr(message, field.name).items():
+                if (isinstance(key, str) and "\x00" in key) or (isinstance(value, str) and "\x00" in value):
+                    yield _nul(f"{name}[{str(key)[:64]!r}]")
+            continue
         if _is_repeated(field):
             entries: Sequence[Any] = getattr(message, field.name)
             cap_name = REPEATED_CAPS.get((descriptor.full_name, field.name))
@@ -170,6 +197,10 @@ def _violations(message: Message, path: str, limits: Limits) -> Iterator[Invalid
                     name,
                     f"has {len(entries)} entries; at most {limits.max_keys_per_request} per request",
                 )
+            if field.type == FieldDescriptor.TYPE_STRING:
+                for index, value in enumerate(entries):
+                    if "\x00" in value:
+                        yield _nul(f"{name}[{index}]")
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 for index, value in enumerate(entries):
                     yield from _message_violations(value, f"{name}[{index}]", limits)
@@ -177,7 +208,29 @@ def _violations(message: Message, path: str, limits: Limits) -> Iterator[Invalid
             yield from _message_violations(getattr(message, field.name), name, limits)
 
 
+def _time_problem(message: Any) -> str | None:
+    """Why a Timestamp or Duration is outside its valid range, or None."""
+    seconds, nanos = message.seconds, message.nanos
+    if message.DESCRIPTOR.full_name == TIMESTAMP:
+        if not 0 <= nanos <= 999_999_999:
+            return "nanos must be in [0, 999999999]"
+        if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+            return "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+        return None
+    if not -999_999_999 <= nanos <= 999_999_999:
+        return "nanos must be in [-999999999, 999999999]"
+    if abs(seconds) > MAX_DURATION_SECONDS:
+        return f"must be within ±{MAX_DURATION_SECONDS} seconds"
+    if (seconds > 0 and nanos < 0) or (seconds < 0 and nanos > 0):
+        return "seconds and nanos must have the same sign"
+    return None
+
+
 def _message_violations(message: Message, path: str, limits: Limits) -> Iterator[InvalidArgument]:
+    if message.DESCRIPTOR.full_name in (TIMESTAMP, DURATION):
+        if (problem := _time_problem(message)) is not None:
+            yield InvalidArgument.for_field(path, problem)
+        return
     if message.DESCRIPTOR.full_name in STRUCT_TYPES:
         size = message.ByteSize()
         if size > limits.max_payload_bytes:

@@ -179,7 +179,7 @@ def watch_request(request: run_pb2.WatchRunsRequest) -> tuple[EventFilter, int]:
         value: str = getattr(request, name)
         ids[name] = None
         if value:
-            if value.isdigit() and len(value) <= MAX_ID_DIGITS:
+            if value.isascii() and value.isdigit() and len(value) <= MAX_ID_DIGITS:
                 ids[name] = int(value)
             else:
                 problems.add(name, f"{value[:64]!r} is not a valid id")

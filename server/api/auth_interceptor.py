@@ -312,7 +312,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if method not in RUN_SCOPED_WORKER_METHODS:
             return
         run_id: str = request.run_id
-        if not run_id.isdigit() or len(run_id) > 19:
+        if not (run_id.isascii() and run_id.isdigit()) or len(run_id) > 19 or int(run_id) >= 2**63:
             return  # the servicer answers INVALID_ARGUMENT; there is no run to protect
         run = await self.context.store.read(lambda: runs.get_run(int(run_id)))
         if run is None or run.workflow_slug not in allowed:

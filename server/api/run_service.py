@@ -36,7 +36,7 @@ def parse_id(value: str, field: str) -> int:
     """Ids are opaque strings to clients; these are decimal row ids."""
     if not value:
         raise InvalidArgument.for_field(field, "is required")
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) >= 2**63:
         raise InvalidArgument.for_field(field, f"{value[:64]!r} is not a valid id")
     return int(value)
 

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from partita.v1 import (
@@ -394,6 +395,12 @@ CASES: list[Case] = [
         "get workflow: empty slug", "WorkflowService/GetWorkflow", workflow_pb2.GetWorkflowRequest(), INVALID
     ),
     Case(
+        "get workflow: NUL in slug",
+        "WorkflowService/GetWorkflow",
+        workflow_pb2.GetWorkflowRequest(slug="\x00"),
+        INVALID,
+    ),
+    Case(
         "get workflow: invalid UTF-8",
         "WorkflowService/GetWorkflow",
         length_delimited(1, b"\xc3\x28"),
@@ -431,6 +438,18 @@ CASES: list[Case] = [
         INVALID,
     ),
     Case("get asset: empty id", "AssetService/GetAsset", asset_pb2.GetAssetRequest(), INVALID),
+    Case(
+        "get asset: as_of with negative nanos",
+        "AssetService/GetAsset",
+        asset_pb2.GetAssetRequest(asset_id="wf-x/out", as_of=Timestamp(seconds=0, nanos=-1)),
+        INVALID,
+    ),
+    Case(
+        "partition keys: as_of past year 9999",
+        "AssetService/ListPartitionKeys",
+        asset_pb2.ListPartitionKeysRequest(asset_id="daily/out", as_of=Timestamp(seconds=253_402_300_800)),
+        INVALID,
+    ),
     Case(
         "list assets: negative page_size",
         "AssetService/ListAssets",
@@ -629,6 +648,14 @@ CASES: list[Case] = [
     Case("get run: letters", "RunService/GetRun", run_pb2.GetRunRequest(run_id="abc"), INVALID),
     Case("get run: negative", "RunService/GetRun", run_pb2.GetRunRequest(run_id="-1"), INVALID),
     Case("get run: 40 digits", "RunService/GetRun", run_pb2.GetRunRequest(run_id="9" * 40), INVALID),
+    Case("get run: past int64", "RunService/GetRun", run_pb2.GetRunRequest(run_id="9" * 19), INVALID),
+    Case("get run: superscript digit", "RunService/GetRun", run_pb2.GetRunRequest(run_id="\u00b2"), INVALID),
+    Case(
+        "list runs: NUL in a label filter",
+        "RunService/ListRuns",
+        run_pb2.ListRunsRequest(labels={"team": "a\x00b"}),
+        INVALID,
+    ),
     Case(
         "list runs: unknown state",
         "RunService/ListRuns",
