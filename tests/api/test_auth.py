@@ -477,8 +477,10 @@ def test_a_token_file_change_is_picked_up_without_restart(tmp_path: Path) -> Non
         token_file.write_text("[[tokens]]\nprincipal = 'x'\nrole = 'boss'\n", encoding="utf-8")
         # The file is checked on use (at most once a second).
         assert _wait_for(
-            lambda: invoke(channel, path, b"", second.token).code == grpc.StatusCode.OK
-            and "token file invalid" in running.stderr()
+            lambda: (
+                invoke(channel, path, b"", second.token).code == grpc.StatusCode.OK
+                and "token file invalid" in running.stderr()
+            )
         )
         assert invoke(channel, path, b"", second.token).code == grpc.StatusCode.OK
     finally:
