@@ -74,7 +74,9 @@ def get(stub: backfill_pb2_grpc.BackfillServiceStub, backfill_id: str) -> backfi
 
 
 def partitions(
-    stub: backfill_pb2_grpc.BackfillServiceStub, backfill_id: str, *states: int
+    stub: backfill_pb2_grpc.BackfillServiceStub,
+    backfill_id: str,
+    *states: backfill_pb2.BackfillPartitionState.ValueType,
 ) -> list[backfill_pb2.BackfillPartition]:
     found: list[backfill_pb2.BackfillPartition] = []
     token = ""
@@ -114,7 +116,10 @@ def wait_for(
 
 
 def wait_for_state(
-    stub: backfill_pb2_grpc.BackfillServiceStub, backfill_id: str, *states: int, timeout: float = 60.0
+    stub: backfill_pb2_grpc.BackfillServiceStub,
+    backfill_id: str,
+    *states: backfill_pb2.BackfillState.ValueType,
+    timeout: float = 60.0,
 ) -> backfill_pb2.Backfill:
     found: list[backfill_pb2.Backfill] = []
 
@@ -138,10 +143,19 @@ TOLERATED = (
 )
 
 
+# Workers reconnect within a fraction of a second once a restarted server listens again.
+RECONNECT_QUICKLY = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
 @dataclass
 class Workers:
     """Worker threads with real stubs, each on its own channel; they keep going through server
-    restarts (UNAVAILABLE) and lapsed leases (FAILED_PRECONDITION)."""
+    restarts (UNAVAILABLE; set `address` when the server moved) and lapsed leases
+    (FAILED_PRECONDITION)."""
 
     address: str
     count: int
@@ -167,10 +181,16 @@ class Workers:
             thread.join(timeout=15)
 
     def _work(self, worker_id: str) -> None:
-        channel = grpc.insecure_channel(self.address)
+        address = self.address
+        channel = grpc.insecure_channel(address, options=RECONNECT_QUICKLY)
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         try:
             while not self.stop.is_set():
+                if address != self.address:  # the server moved (restarted elsewhere)
+                    channel.close()
+                    address = self.address
+                    channel = grpc.insecure_channel(address, options=RECONNECT_QUICKLY)
+                    stub = worker_pb2_grpc.WorkerServiceStub(channel)
                 try:
                     claimed = stub.ClaimRun(
                         worker_pb2.ClaimRunRequest(
