@@ -32,7 +32,7 @@ test:
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server storage tests tools bench
+	$(BIN)/mypy server storage tests tools bench cli
 	cd protos && ../$(BUF) lint
 	$(BIN)/python -m tools.api_reference --check
 

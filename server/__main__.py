@@ -1,4 +1,5 @@
 """`python -m server --listen HOST:PORT --database URL [--no-migrate] [--log-level LEVEL]`
+[--metrics-listen HOST:PORT]
 [--token-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--insecure]
 [--limits FILE.toml] [--limit NAME=VALUE ...]`; tokens also come from PARTITA_TOKENS
 (docs/security.md).
@@ -85,6 +86,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="SECONDS",
         help=f"how long in-flight calls may finish after SIGTERM (default {DEFAULT_SHUTDOWN_GRACE:g})",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (no authentication; off by default)",
+    )
     security = parser.add_argument_group("security (docs/security.md)")
     security.add_argument(
         "--token-file",
@@ -130,6 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         limits=limits,
+        metrics_listen=args.metrics_listen,
     )
 
 

@@ -100,6 +100,8 @@ class Settings:
     tls_client_ca: str | None = None
     insecure: bool = False
     limits: Limits = field(default_factory=Limits)
+    # Prometheus exposition (server/metrics_http.py) on this HOST:PORT; None: off.
+    metrics_listen: str | None = None
 
 
 # A loop that runs beside the server (lease reaper, later schedulers and dispatchers): it
@@ -371,6 +373,7 @@ async def serve(
             port = app.add_insecure_port(settings.listen)
         await app.start()
         address = f"{host}:{port}"
+        metrics_server = await _start_metrics(settings, store, app)
         log_event(
             logger,
             "server started",
@@ -391,9 +394,31 @@ async def serve(
                 grace_seconds=settings.shutdown_grace,
             )
             await app.stop(settings.shutdown_grace)
+            if metrics_server is not None:
+                await metrics_server.close()
         log_event(logger, "server stopped")
     finally:
         await asyncio.to_thread(store.close)
+
+
+async def _start_metrics(settings: Settings, store: Store, app: PartitaServer) -> Any:
+    """The Prometheus endpoint of --metrics-listen, started (None without the flag)."""
+    if not settings.metrics_listen:
+        return None
+    from server.metrics_http import start_metrics_server
+
+    host, _ = parse_listen(settings.metrics_listen)
+    try:
+        metrics_server = await start_metrics_server(
+            settings.metrics_listen, store, app.metrics, app.context.clock
+        )
+    except OSError as error:
+        await app.stop(0)
+        raise StartupError(
+            f"partita: cannot listen on --metrics-listen {settings.metrics_listen}: {error}"
+        ) from error
+    log_event(logger, "metrics listening", address=f"{host}:{metrics_server.port}", path="/metrics")
+    return metrics_server
 
 
 @contextlib.contextmanager
