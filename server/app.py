@@ -32,6 +32,7 @@ from server.api.interceptors import server_interceptors
 from server.api.services import add_partita_services
 from server.auth import AuthConfigError, TokenRegistry, install_principal_logging
 from server.clock import Clock, SystemClock
+from server.lineage import run_lineage_loop
 from server.logging import log_event
 from server.metrics import MetricsRegistry
 from server.scheduler.dispatcher import run_backfill_dispatcher
@@ -112,6 +113,7 @@ DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (
     run_event_follower,
     run_event_pruner,
     run_backfill_dispatcher,
+    run_lineage_loop,
 )
 BACKGROUND_STOP_TIMEOUT = 10.0
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from server import backfills
+from server import backfills, lineage
 from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.domain.retry import RetryPolicy
@@ -31,6 +31,8 @@ class Lease:
     run: Run
     lease_id: str
     expire_time: int
+    # (asset_id, partition_key, materialization_id) current for the run's upstream slices.
+    inputs: tuple[tuple[str, str, int], ...] = ()
 
 
 def log_transition(run: Run, state: str, message: str = "") -> None:
@@ -100,6 +102,7 @@ def enqueue_tx(
     now: datetime,
     *,
     use_existing: bool,
+    message: str = "",
 ) -> tuple[Run, bool]:
     """Queues a run unless its slice has one in flight; returns the run and whether it is new."""
     now_us = micros(now)
@@ -121,26 +124,37 @@ def enqueue_tx(
             metadata={"run_id": str(existing.id)},
         )
     partition_state.mark_in_flight(positions, new_run.partition_key, run.id, now_us)
-    outbox.add(run_event(run, "QUEUED", runs.QUEUED))
+    outbox.add(run_event(run, "QUEUED", runs.QUEUED, message))
     log_transition(run, runs.QUEUED)
     return run, True
 
 
 def claim_tx(
-    outbox: Outbox, worker_id: str, workflow_slugs: Sequence[str], lease_duration: timedelta, now: datetime
+    outbox: Outbox,
+    worker_id: str,
+    workflow_slugs: Sequence[str],
+    lease_duration: timedelta,
+    now: datetime,
+    catalog: Catalog | None = None,
 ) -> Lease | None:
     now_us = micros(now)
     caps = _caps_for(workflow_slugs)
     # The lease id carries its duration, so heartbeats extend by what the worker asked for.
     lease_id = f"{secrets.token_hex(12)}-{int(lease_duration.total_seconds() * 1000)}"
     expire = now_us + int(lease_duration.total_seconds() * 1_000_000)
-    run = runs.claim_next(workflow_slugs, caps, worker_id, lease_id, expire, now_us)
+    # Records the run's upstream inputs; runs of WAIT workflows missing upstream data are held.
+    run, inputs = lineage.claim_checked(
+        outbox,
+        catalog or Catalog(),
+        lambda: runs.claim_next(workflow_slugs, caps, worker_id, lease_id, expire, now_us),
+        now,
+    )
     if run is None:
         return None
     outbox.add(run_event(run, "STARTED", runs.RUNNING, f"claimed by {worker_id}", worker_id=worker_id))
     backfills.run_changed_tx(outbox, run, now_us, attempted=1)
     log_transition(run, runs.RUNNING, f"run {run.id} claimed by {worker_id}")
-    return Lease(run, lease_id, expire)
+    return Lease(run, lease_id, expire, tuple(inputs))
 
 
 def _caps_for(workflow_slugs: Sequence[str]) -> dict[str, int]:
@@ -276,6 +290,11 @@ def _end(
     outbox.add(event)
     log_transition(ended, state, f"run {run.id} {state.lower()}: {message}" if message else "")
     return ended
+
+
+def fail_queued_tx(outbox: Outbox, catalog: Catalog, run: Run, message: str, now: datetime) -> Run:
+    """Ends a queued run FAILED (a held run whose upstream data did not come in time)."""
+    return _end(outbox, catalog, run, runs.FAILED, message, micros(now), (runs.QUEUED,))
 
 
 def succeed_tx(outbox: Outbox, run: Run, now: datetime) -> Run:

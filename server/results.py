@@ -10,9 +10,9 @@ from datetime import datetime
 from google.protobuf import json_format
 
 from partita.v1 import asset_pb2
-from server import keys
+from server import keys, lineage
 from server.api import convert
-from server.catalog import WorkflowDefinition
+from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import InvalidArgument, ViolationCollector
 from storage import materializations, partition_state
 from storage.events import NewEvent, Outbox
@@ -77,9 +77,14 @@ def record_materializations(
     run: Run | None,
     now_us: int,
     positions_of: dict[tuple[str, str], SlicePosition],
+    *,
+    catalog: Catalog | None = None,
 ) -> list[Materialization]:
-    """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events."""
+    """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events;
+    a run's materializations carry the upstream inputs recorded when it was claimed, and the
+    lineage of upstream and downstream keys moves with them (server/lineage.py)."""
     recorded = []
+    inputs = lineage.inputs_json(run)
     for asset, key in reported:
         row = materializations.insert(
             materializations.NewMaterialization(
@@ -90,6 +95,7 @@ def record_materializations(
                     [json_format.MessageToDict(a, preserving_proto_field_name=True) for a in asset.artifacts]
                 ),
                 payload=json_format.MessageToJson(asset.payload, indent=None),
+                inputs=inputs,
             ),
             now_us,
         )
@@ -110,6 +116,7 @@ def record_materializations(
             )
         )
         recorded.append(row)
+    lineage.on_materialized(catalog or Catalog(), definition, recorded, run, positions_of, now_us)
     return recorded
 
 

@@ -70,6 +70,8 @@ class Run(BaseModel):
     start_time = pw.BigIntegerField(null=True)
     end_time = pw.BigIntegerField(null=True)
     update_time = pw.BigIntegerField()
+    # Why a queued run is held (upstream policy WAIT, migration 5); '' when claimable.
+    hold_reason = pw.TextField(default="")
 
 
 class Materialization(BaseModel):

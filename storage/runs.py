@@ -152,7 +152,11 @@ def claim_next(
     One UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) on PostgreSQL, so concurrent
     claimers skip each other's rows instead of waiting; SQLite has a single writer.
     """
-    conditions = ["state = 'QUEUED'", "(next_attempt_time IS NULL OR next_attempt_time <= %s)"]
+    conditions = [
+        "state = 'QUEUED'",
+        "(next_attempt_time IS NULL OR next_attempt_time <= %s)",
+        "hold_reason = ''",  # held for upstream data (server/lineage.py)
+    ]
     params: list[Any] = [now]
     if workflow_slugs:
         conditions.append(f"workflow_slug IN ({', '.join(['%s'] * len(workflow_slugs))})")

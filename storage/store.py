@@ -149,6 +149,8 @@ class Store:
                             outcomes.append((pending, None, error))
             except Exception as failure:  # the COMMIT itself failed: nothing of the group holds
                 outcomes = [(pending, None, failure) for pending in group]
+                if isinstance(failure, peewee.OperationalError | peewee.InterfaceError):
+                    self._drop_connection()
             for pending, value, problem in outcomes:
                 pending.loop.call_soon_threadsafe(_settle, pending.future, value, problem)
 
@@ -167,7 +169,23 @@ class Store:
     async def _submit(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return await loop.run_in_executor(pool, functools.partial(context.run, fn))
+        return await loop.run_in_executor(pool, functools.partial(context.run, self._reconnecting, fn))
+
+    def _reconnecting(self, fn: Callable[[], T]) -> T:
+        """Runs `fn`; when the connection broke under it (a database restart, a dropped socket),
+        this thread's connection is dropped so its next unit of work connects afresh. The
+        error itself propagates: the caller sees UNAVAILABLE and nothing was committed."""
+        try:
+            return fn()
+        except (peewee.OperationalError, peewee.InterfaceError):
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        try:
+            self.db.close()
+        except Exception:  # the broken connection may refuse even to close
+            self.db._state.reset()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self._readers.shutdown(wait=True)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import grpc
 
 from partita.v1 import asset_pb2, asset_pb2_grpc, workflow_pb2
+from server import lineage
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.idempotency import once
@@ -89,8 +90,12 @@ def summaries(
     asset_id: str,
     entries: list[tuple[str, PartitionState | None]],
     windows: dict[str, tuple[datetime, datetime]] | None = None,
+    *,
+    view: lineage.AssetView | None = None,
+    as_of: datetime | None = None,
 ) -> list[asset_pb2.PartitionSummary]:
-    """Inside a transaction: full summaries, loading the page's runs and materializations at once."""
+    """Inside a transaction: full summaries, loading the page's runs and materializations at once;
+    with a lineage `view`, `stale` and `overdue` (as of `as_of`) too."""
     run_ids = [s.latest_run_id for _, s in entries if s is not None and s.latest_run_id is not None]
     materialization_ids = [
         s.latest_materialization_id
@@ -108,9 +113,16 @@ def summaries(
     )
     spec = definition.spec if asset_id in definition.partitioned_asset_ids else None
     windows = windows or {}
+    flags = (
+        lineage.partition_flags(view, entries, windows, as_of)
+        if view is not None and as_of is not None
+        else [(False, False)] * len(entries)
+    )
     result = []
-    for key, state in entries:
-        summary = asset_pb2.PartitionSummary(partition_key=key, status=STATUS_VALUES[status_of(state)])
+    for (key, state), (stale, overdue) in zip(entries, flags, strict=True):
+        summary = asset_pb2.PartitionSummary(
+            partition_key=key, status=STATUS_VALUES[status_of(state)], stale=stale, overdue=overdue
+        )
         if state is not None and state.latest_run_id in run_rows:
             summary.latest_run.CopyFrom(run_message(run_rows[state.latest_run_id]))
         if state is not None and state.latest_materialization_id in materialization_rows:
@@ -243,12 +255,22 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         def read() -> asset_pb2.ListPartitionsResponse:
             head = events.head_sequence()
             definition = require_producer(self.context, request.asset_id)
-            page = list_partitions(definition, request.asset_id, statuses, as_of, cursor, limit)
+            view = lineage.asset_view(self.context.catalog, definition, request.asset_id)
+            if request.stale_only or request.overdue_only:
+                page = lineage.filtered_page(
+                    view, statuses, request.stale_only, request.overdue_only, as_of, cursor, limit
+                )
+            else:
+                page = list_partitions(definition, request.asset_id, statuses, as_of, cursor, limit)
             response = asset_pb2.ListPartitionsResponse(
-                partitions=summaries(definition, request.asset_id, page.entries, page.windows),
+                partitions=summaries(
+                    definition, request.asset_id, page.entries, page.windows, view=view, as_of=as_of
+                ),
                 status_counts=status_count_messages(page.counts),
                 head_sequence=int(position.get("head", head)),
                 total_size=page.total_matching,
+                stale_count=lineage.stale_count(view, as_of),
+                overdue_count=lineage.overdue_count(view, as_of),
             )
             if page.next_cursor is not None:
                 response.next_page_token = PageToken(
@@ -323,6 +345,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         latest = materializations.latest_of_asset(asset_id)
         if latest is not None:
             asset.latest_materialization.CopyFrom(materialization_message(latest))
+        view = lineage.asset_view(self.context.catalog, definition, asset_id)
+        asset.stale_count = lineage.stale_count(view, as_of)
+        asset.overdue_count = lineage.overdue_count(view, as_of)
         return asset
 
     def _dynamic_spec(self, asset_id: str) -> DynamicSpec:
@@ -334,6 +359,80 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
                 metadata={"asset_id": asset_id},
             )
         return definition.spec
+
+    async def GetPartition(
+        self, request: asset_pb2.GetPartitionRequest, context: grpc.aio.ServicerContext
+    ) -> asset_pb2.GetPartitionResponse:
+        check_asset_id(request.asset_id)
+        as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), None)
+
+        def read() -> asset_pb2.GetPartitionResponse:
+            definition = require_producer(self.context, request.asset_id)
+            return lineage.partition_response(
+                self.context.catalog, definition, request.asset_id, request.partition_key, as_of, summaries
+            )
+
+        return await self.context.store.read(read)
+
+    async def GetUpstreamPartitions(
+        self, request: asset_pb2.GetUpstreamPartitionsRequest, context: grpc.aio.ServicerContext
+    ) -> asset_pb2.GetUpstreamPartitionsResponse:
+        check_asset_id(request.asset_id)
+        limit = page_size(request.page_size, self.context.limits)
+        fingerprint = query_fingerprint(request, "as_of")
+        position = decode_page_token(request.page_token, fingerprint) or {}
+        as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), position.get("as_of"))
+        offset = int(position.get("offset", 0))
+
+        def read() -> asset_pb2.GetUpstreamPartitionsResponse:
+            definition = require_producer(self.context, request.asset_id)
+            slices, more = lineage.upstream_page(
+                self.context.catalog,
+                definition,
+                request.asset_id,
+                request.partition_key,
+                as_of,
+                offset,
+                limit,
+            )
+            response = asset_pb2.GetUpstreamPartitionsResponse(slices=slices)
+            if more:
+                response.next_page_token = PageToken(
+                    {"offset": offset + limit, "as_of": micros(as_of)}
+                ).encode(fingerprint)
+            return response
+
+        return await self.context.store.read(read)
+
+    async def GetDownstreamPartitions(
+        self, request: asset_pb2.GetDownstreamPartitionsRequest, context: grpc.aio.ServicerContext
+    ) -> asset_pb2.GetDownstreamPartitionsResponse:
+        check_asset_id(request.asset_id)
+        limit = page_size(request.page_size, self.context.limits)
+        fingerprint = query_fingerprint(request, "as_of")
+        position = decode_page_token(request.page_token, fingerprint) or {}
+        as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), position.get("as_of"))
+        offset = int(position.get("offset", 0))
+
+        def read() -> asset_pb2.GetDownstreamPartitionsResponse:
+            definition = require_producer(self.context, request.asset_id)
+            slices, more = lineage.downstream_page(
+                self.context.catalog,
+                definition,
+                request.asset_id,
+                request.partition_key,
+                as_of,
+                offset,
+                limit,
+            )
+            response = asset_pb2.GetDownstreamPartitionsResponse(slices=slices)
+            if more:
+                response.next_page_token = PageToken(
+                    {"offset": offset + limit, "as_of": micros(as_of)}
+                ).encode(fingerprint)
+            return response
+
+        return await self.context.store.read(read)
 
     async def GetLatestMaterialization(
         self, request: asset_pb2.GetLatestMaterializationRequest, context: grpc.aio.ServicerContext
@@ -416,7 +515,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
                     definition, items, "", fields, limits.max_artifacts_per_asset
                 )
                 positions = resolve_result_positions(definition, reported, fields, now_dt)
-                rows = record_materializations(outbox, definition, reported, None, now, positions)
+                rows = record_materializations(
+                    outbox, definition, reported, None, now, positions, catalog=self.context.catalog
+                )
                 for index, row in zip(indexes, rows, strict=True):
                     recorded[index] = materialization_message(row)
             return asset_pb2.ReportMaterializationsResponse(

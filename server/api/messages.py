@@ -31,6 +31,7 @@ def run_message(row: Run) -> run_pb2.Run:
         progress_message=row.progress_message,
         error_message=row.error_message,
         cancel_requested=bool(row.cancel_requested),
+        hold_reason=row.hold_reason,
     )
     run.parameters.update(json.loads(row.parameters or "{}"))
     run.requested_parameters.update(json.loads(row.requested_parameters or "{}"))

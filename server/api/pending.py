@@ -15,11 +15,6 @@ PENDING_RPCS: dict[str, dict[str, str]] = {
     "partita.v1.WorkflowService": {
         "ListScheduleTicks": "schedules",
     },
-    "partita.v1.AssetService": {
-        "GetPartition": "lineage and freshness",
-        "GetUpstreamPartitions": "lineage and freshness",
-        "GetDownstreamPartitions": "lineage and freshness",
-    },
 }
 
 S = TypeVar("S")

@@ -86,6 +86,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         workflow_slugs=slugs,
                         lease_duration=lease_duration,
                         now=now,
+                        catalog=self.context.catalog,
                     ),
                     micros(now),
                 )
@@ -103,6 +104,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     run=run_message(lease.run),
                     lease_id=lease.lease_id,
                     lease_expire_time=convert.timestamp(lease.expire_time),
+                    inputs=[
+                        asset_pb2.MaterializationInput(
+                            asset_id=asset_id, partition_key=key, materialization_id=str(materialization_id)
+                        )
+                        for asset_id, key, materialization_id in lease.inputs
+                    ],
                 )
             left = give_up - loop.time()
             if left <= 0:
@@ -177,7 +184,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
             positions = resolve_result_positions(definition, reported, fields, now)
             ended = lifecycle.succeed_tx(outbox, run, now)
-            recorded = record_materializations(outbox, definition, reported, ended, now_us, positions)
+            recorded = record_materializations(
+                outbox, definition, reported, ended, now_us, positions, catalog=self.context.catalog
+            )
             at_run_key = {row.asset_id for row in recorded if row.partition_key == run.partition_key}
             lifecycle.settle_unmaterialized_tx(definition, run, at_run_key, now)
             response = worker_pb2.CompleteRunResponse(

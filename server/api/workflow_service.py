@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 
 from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
+from server import lineage
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.idempotency import once
@@ -28,7 +29,7 @@ from server.domain.partitions import (
     positions_stable,
 )
 from server.domain.retry import retry_policy_violations
-from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_violations
+from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_spec, workflow_violations
 from storage import dynamic_partitions, partition_state, workflows
 from storage.events import Outbox
 from storage.models import Workflow, micros
@@ -190,9 +191,17 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                 )
                 if isinstance(asset.spec, DynamicSpec):
                     dynamic_partitions.seed(asset.asset_id, asset.spec.initial_keys, now)
+            # Mappings, freshness policies and dependency cycles (server/lineage.py).
+            plan = lineage.check_registration(
+                self.context.catalog,
+                workflow,
+                workflow_spec(produced),
+                {asset.asset_id: asset.spec for asset in produced},
+            )
             row = workflows.save_workflow(
                 workflow.slug, workflow.description, definition_json, workflow.max_concurrent_runs, rows, now
             )
+            lineage.apply_registration(self.context.catalog, workflow.slug, plan, now)
             return workflow_pb2.RegisterWorkflowResponse(workflow=stored_workflow(row))
 
         return await once(

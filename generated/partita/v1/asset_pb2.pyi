@@ -218,7 +218,9 @@ class Materialization(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaterializationInput]:
-        """The upstream slices it was computed from."""
+        """The upstream slices it was computed from: the materializations current when its run was
+        claimed, the first 1,000 (empty for reported slices).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -269,12 +271,18 @@ class Asset(_message.Message):
     LATEST_MATERIALIZATION_FIELD_NUMBER: _builtins.int
     FRESHNESS_POLICY_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    STALE_COUNT_FIELD_NUMBER: _builtins.int
+    OVERDUE_COUNT_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """The asset's id."""
     producer_workflow_slug: _builtins.str
     """The workflow that produces it."""
     description: _builtins.str
     """Free text for people."""
+    stale_count: _builtins.int
+    """Stale partitions (an upstream slice they read changed since), over every key now."""
+    overdue_count: _builtins.int
+    """Overdue partitions (their freshness policy is violated), over every key now."""
     @_builtins.property
     def partitioning(self) -> _partitions_pb2.PartitionsDefinition:
         """How it is partitioned; absent means unpartitioned."""
@@ -311,10 +319,12 @@ class Asset(_message.Message):
         latest_materialization: Global___Materialization | None = ...,
         freshness_policy: _workflow_pb2.FreshnessPolicy | None = ...,
         description: _builtins.str = ...,
+        stale_count: _builtins.int = ...,
+        overdue_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["freshness_policy", b"freshness_policy", "latest_materialization", b"latest_materialization", "partitioning", b"partitioning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "description", b"description", "downstream", b"downstream", "freshness_policy", b"freshness_policy", "latest_materialization", b"latest_materialization", "partitioning", b"partitioning", "producer_workflow_slug", b"producer_workflow_slug", "status_counts", b"status_counts", "upstream", b"upstream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "description", b"description", "downstream", b"downstream", "freshness_policy", b"freshness_policy", "latest_materialization", b"latest_materialization", "overdue_count", b"overdue_count", "partitioning", b"partitioning", "producer_workflow_slug", b"producer_workflow_slug", "stale_count", b"stale_count", "status_counts", b"status_counts", "upstream", b"upstream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -339,9 +349,11 @@ class PartitionSummary(_message.Message):
     status: Global___PartitionStatus.ValueType
     """The status."""
     stale: _builtins.bool
-    """Whether an upstream slice it reads is newer than what it consumed."""
+    """Whether an upstream slice it reads is newer than what it consumed (or has data while the
+    partition was never materialized).
+    """
     overdue: _builtins.bool
-    """Whether its freshness policy is violated."""
+    """Whether its freshness policy is violated as of the read's `as_of`."""
     @_builtins.property
     def latest_run(self) -> _run_pb2.Run:
         """The newest run for the key."""
@@ -389,21 +401,36 @@ class UpstreamSlice(_message.Message):
     MATERIALIZED_FIELD_NUMBER: _builtins.int
     MISSING_PARTITION_KEYS_FIELD_NUMBER: _builtins.int
     NEWER_PARTITION_KEYS_FIELD_NUMBER: _builtins.int
+    PARTITION_KEY_COUNT_FIELD_NUMBER: _builtins.int
+    PARTITION_MAPPING_FIELD_NUMBER: _builtins.int
+    REGISTERED_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """The upstream asset."""
     materialized: _builtins.bool
     """Whether every key of the slice is materialized."""
+    partition_key_count: _builtins.int
+    """Number of upstream keys in the slice (0 for an unpartitioned upstream)."""
+    registered: _builtins.bool
+    """Whether the upstream asset is registered; until it is, the slice is empty."""
     @_builtins.property
     def partition_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The upstream keys read (empty for an unpartitioned upstream)."""
+        """The upstream keys read, in definition order: the first 1,000 (empty for an unpartitioned
+        upstream); `partition_key_count` says how many there are.
+        """
 
     @_builtins.property
     def missing_partition_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Keys of the slice with no materialization."""
+        """Keys of the slice with no materialization (the first 1,000)."""
 
     @_builtins.property
     def newer_partition_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Keys materialized after the downstream partition consumed them."""
+        """Keys materialized after the downstream partition consumed them (among the listed keys), or
+        that have data while the downstream partition was never materialized.
+        """
+
+    @_builtins.property
+    def partition_mapping(self) -> _partitions_pb2.PartitionMapping:
+        """The mapping in force: the dependency's, or the default for the two definitions."""
 
     def __init__(
         self,
@@ -413,10 +440,13 @@ class UpstreamSlice(_message.Message):
         materialized: _builtins.bool = ...,
         missing_partition_keys: _abc.Iterable[_builtins.str] | None = ...,
         newer_partition_keys: _abc.Iterable[_builtins.str] | None = ...,
+        partition_key_count: _builtins.int = ...,
+        partition_mapping: _partitions_pb2.PartitionMapping | None = ...,
+        registered: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partition_mapping", b"partition_mapping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "materialized", b"materialized", "missing_partition_keys", b"missing_partition_keys", "newer_partition_keys", b"newer_partition_keys", "partition_keys", b"partition_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "materialized", b"materialized", "missing_partition_keys", b"missing_partition_keys", "newer_partition_keys", b"newer_partition_keys", "partition_key_count", b"partition_key_count", "partition_keys", b"partition_keys", "partition_mapping", b"partition_mapping", "registered", b"registered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,21 +460,39 @@ class DownstreamSlice(_message.Message):
 
     ASSET_ID_FIELD_NUMBER: _builtins.int
     PARTITION_KEYS_FIELD_NUMBER: _builtins.int
+    PARTITION_KEY_COUNT_FIELD_NUMBER: _builtins.int
+    WORKFLOW_SLUG_FIELD_NUMBER: _builtins.int
+    PARTITION_MAPPING_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """The downstream asset."""
+    partition_key_count: _builtins.int
+    """Number of downstream keys that read the partition (1 for an unpartitioned downstream asset
+    that reads it).
+    """
+    workflow_slug: _builtins.str
+    """The workflow that produces the downstream asset."""
     @_builtins.property
     def partition_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The downstream keys."""
+        """The downstream keys, in definition order: the first 1,000 (empty for an unpartitioned
+        downstream asset); `partition_key_count` says how many there are.
+        """
+
+    @_builtins.property
+    def partition_mapping(self) -> _partitions_pb2.PartitionMapping:
+        """The mapping in force: the dependency's, or the default for the two definitions."""
 
     def __init__(
         self,
         *,
         asset_id: _builtins.str = ...,
         partition_keys: _abc.Iterable[_builtins.str] | None = ...,
+        partition_key_count: _builtins.int = ...,
+        workflow_slug: _builtins.str = ...,
+        partition_mapping: _partitions_pb2.PartitionMapping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partition_mapping", b"partition_mapping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "partition_keys", b"partition_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "partition_key_count", b"partition_key_count", "partition_keys", b"partition_keys", "partition_mapping", b"partition_mapping", "workflow_slug", b"workflow_slug"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -924,14 +972,19 @@ class GetUpstreamPartitionsRequest(_message.Message):
     PARTITION_KEY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """The downstream asset."""
     partition_key: _builtins.str
     """The downstream key."""
     page_size: _builtins.int
-    """Page size: 0 means 100; capped at 1,000; negative is invalid."""
+    """Slices per page (one per dependency): 0 means 100; capped at 1,000; negative is invalid."""
     page_token: _builtins.str
     """Token from a previous response's next_page_token."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """Fixes "now" for time windows (the newest key of a last mapping); absent means the server's clock."""
+
     def __init__(
         self,
         *,
@@ -939,10 +992,11 @@ class GetUpstreamPartitionsRequest(_message.Message):
         partition_key: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "page_size", b"page_size", "page_token", b"page_token", "partition_key", b"partition_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "asset_id", b"asset_id", "page_size", b"page_size", "page_token", b"page_token", "partition_key", b"partition_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -986,14 +1040,21 @@ class GetDownstreamPartitionsRequest(_message.Message):
     PARTITION_KEY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """The upstream asset."""
     partition_key: _builtins.str
     """The upstream key."""
     page_size: _builtins.int
-    """Page size: 0 means 100; capped at 1,000; negative is invalid."""
+    """Slices per page (one per downstream asset and dependency): 0 means 100; capped at 1,000;
+    negative is invalid.
+    """
     page_token: _builtins.str
     """Token from a previous response's next_page_token."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """Fixes "now" for time windows (the newest key of a last mapping); absent means the server's clock."""
+
     def __init__(
         self,
         *,
@@ -1001,10 +1062,11 @@ class GetDownstreamPartitionsRequest(_message.Message):
         partition_key: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "page_size", b"page_size", "page_token", b"page_token", "partition_key", b"partition_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "asset_id", b"asset_id", "page_size", b"page_size", "page_token", b"page_token", "partition_key", b"partition_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

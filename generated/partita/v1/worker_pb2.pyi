@@ -84,7 +84,9 @@ class ClaimRunResponse(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_asset_pb2.MaterializationInput]:
-        """The upstream materializations current for the run's aligned slices."""
+        """The upstream materializations current for the run's aligned slices when it was claimed,
+        the first 1,000; CompleteRun copies them into each Materialization.inputs.
+        """
 
     def __init__(
         self,

@@ -110,7 +110,9 @@ class _UpstreamPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Upstre
     UPSTREAM_POLICY_RUN_ANYWAY: _UpstreamPolicy.ValueType  # 1
     """Claimable at once."""
     UPSTREAM_POLICY_WAIT: _UpstreamPolicy.ValueType  # 2
-    """Held QUEUED, not claimable, until the upstream slices exist or max_wait passes."""
+    """Held QUEUED (with hold_reason), not claimable, until the upstream slices exist; fails once
+    Workflow.upstream_max_wait passes.
+    """
 
 class UpstreamPolicy(_UpstreamPolicy, metaclass=_UpstreamPolicyEnumTypeWrapper):
     """What happens to a run whose upstream slices are missing."""
@@ -120,7 +122,9 @@ UPSTREAM_POLICY_UNSPECIFIED: UpstreamPolicy.ValueType  # 0
 UPSTREAM_POLICY_RUN_ANYWAY: UpstreamPolicy.ValueType  # 1
 """Claimable at once."""
 UPSTREAM_POLICY_WAIT: UpstreamPolicy.ValueType  # 2
-"""Held QUEUED, not claimable, until the upstream slices exist or max_wait passes."""
+"""Held QUEUED (with hold_reason), not claimable, until the upstream slices exist; fails once
+Workflow.upstream_max_wait passes.
+"""
 Global___UpstreamPolicy: _TypeAlias = UpstreamPolicy  # noqa: Y015
 
 class _ScheduleTickOutcome:
@@ -169,6 +173,7 @@ class Workflow(_message.Message):
     AUTOMATION_FIELD_NUMBER: _builtins.int
     UPSTREAM_POLICY_FIELD_NUMBER: _builtins.int
     BACKFILL_POLICY_FIELD_NUMBER: _builtins.int
+    UPSTREAM_MAX_WAIT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     slug: _builtins.str
@@ -212,6 +217,12 @@ class Workflow(_message.Message):
         """How backfills group keys into runs."""
 
     @_builtins.property
+    def upstream_max_wait(self) -> _duration_pb2.Duration:
+        """With UPSTREAM_POLICY_WAIT: how long after it was enqueued a held run waits for its upstream
+        slices before it fails; absent means it waits until they land or it is canceled.
+        """
+
+    @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the workflow was first registered (output only)."""
 
@@ -234,12 +245,13 @@ class Workflow(_message.Message):
         automation: Global___Automation | None = ...,
         upstream_policy: Global___UpstreamPolicy.ValueType = ...,
         backfill_policy: Global___BackfillPolicy | None = ...,
+        upstream_max_wait: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "create_time", b"create_time", "default_parameters", b"default_parameters", "execution_timeout", b"execution_timeout", "retry_policy", b"retry_policy", "schedule", b"schedule", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "create_time", b"create_time", "default_parameters", b"default_parameters", "execution_timeout", b"execution_timeout", "retry_policy", b"retry_policy", "schedule", b"schedule", "update_time", b"update_time", "upstream_max_wait", b"upstream_max_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "consumes", b"consumes", "create_time", b"create_time", "default_parameters", b"default_parameters", "description", b"description", "execution_timeout", b"execution_timeout", "max_concurrent_runs", b"max_concurrent_runs", "produces", b"produces", "retry_policy", b"retry_policy", "schedule", b"schedule", "slug", b"slug", "update_time", b"update_time", "upstream_policy", b"upstream_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "consumes", b"consumes", "create_time", b"create_time", "default_parameters", b"default_parameters", "description", b"description", "execution_timeout", b"execution_timeout", "max_concurrent_runs", b"max_concurrent_runs", "produces", b"produces", "retry_policy", b"retry_policy", "schedule", b"schedule", "slug", b"slug", "update_time", b"update_time", "upstream_max_wait", b"upstream_max_wait", "upstream_policy", b"upstream_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
