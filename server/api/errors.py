@@ -59,8 +59,22 @@ def status_code_for(error: BaseException) -> grpc.StatusCode:
                 return code
         return grpc.StatusCode.INTERNAL
     if isinstance(error, DATABASE_UNAVAILABLE_ERRORS):
-        return grpc.StatusCode.UNAVAILABLE
+        return grpc.StatusCode.RESOURCE_EXHAUSTED if storage_full(error) else grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
+
+
+def storage_full(error: BaseException) -> bool:
+    """Whether a database error, or one it arose from (a failed COMMIT's rollback raises its
+    own), says the disk is full: SQLite's SQLITE_FULL, PostgreSQL's 53100."""
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen).lower()
+        if getattr(seen, "sqlstate", None) == "53100" or "database or disk is full" in text:
+            return True
+        if "no space left on device" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -97,6 +111,10 @@ def status_for(error: BaseException) -> status_pb2.Status:
         return build_status(code, error.message, error.reason, error.metadata, error.violations)
     if code is grpc.StatusCode.UNAVAILABLE:
         return build_status(code, UNAVAILABLE_MESSAGE, "DATABASE_UNAVAILABLE")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return build_status(
+            code, "the database's disk is full: nothing was written; free space and retry", "STORAGE_FULL"
+        )
     return build_status(code, INTERNAL_MESSAGE, "INTERNAL")
 
 
