@@ -41,6 +41,9 @@ DISPATCHER_LOCK = 0x7061727469746164
 # Keys one dispatch transaction moves at most.
 DISPATCH_BATCH = 64
 POLL_INTERVAL = 2.0
+# Wake-ups closer together than this are served by one pass (a busy server commits far more
+# often than keys free up; the delay this adds to a dispatch is at most this long).
+COALESCE = 0.005
 LEADER_RETRY = 1.0
 # A leader checks its lock connection this often (a dropped connection means the lock is gone).
 LEADER_CHECK = 1.0
@@ -82,9 +85,11 @@ class BackfillDispatcher:
                 woken.cancel()
                 if stopping.is_set():
                     break
-                self.wake.clear()
                 if not self.leader:
+                    self.wake.clear()
                     continue
+                await asyncio.sleep(COALESCE)
+                self.wake.clear()
                 try:
                     await self.dispatch_pass(stopping)
                     failures = 0
@@ -122,10 +127,11 @@ class BackfillDispatcher:
                     )
                 except backfills.DispatchConflict:
                     break
-                if not count:
-                    break
                 moved += count
-                context.work.notify(count)
+                if count:
+                    context.work.notify(count)
+                if count < DISPATCH_BATCH:
+                    break  # no room or no key left; a later commit wakes the next pass
         return moved
 
     async def _hold_leadership(self, stopping: asyncio.Event) -> None:
