@@ -353,7 +353,8 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     row = store.get_backfill(backfill_id, lock=True)
     if row is None or row.state != store.RUNNING or not row.counts.pending:
         return 0
-    room = min(limit, row.max_concurrent_runs - row.counts.in_flight)
+    held = store.held_keys(backfill_id)  # runs held for upstream data take no slot
+    room = min(limit, row.max_concurrent_runs - row.counts.in_flight + held)
     if room <= 0:
         return 0
     definition = catalog.workflow(row.workflow_slug)
@@ -383,6 +384,7 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
         now_us,
         only_if_state=store.RUNNING,
         added_in_flight_cap=added_in_flight,
+        held=held,
     )
     if updated is None:
         raise DispatchConflict(f"backfill {backfill_id} changed while dispatching")

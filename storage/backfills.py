@@ -304,15 +304,28 @@ def keys_by_name(backfill_id: int, partition_keys: Sequence[str]) -> dict[str, K
     return found
 
 
+# Keys of a backfill whose current run is queued but held for upstream data (lineage's WAIT
+# policy): such runs do not take a slot under max_concurrent_runs.
+_HELD = (
+    "(SELECT COUNT(*) FROM backfill_partition p JOIN run r ON r.id = p.run_id "
+    "WHERE p.backfill_id = backfill.id AND p.state = 'QUEUED' AND r.state = 'QUEUED' AND r.hold_reason <> '')"
+)
+
+
 def dispatchable(limit: int = 1000) -> list[tuple[int, int]]:
-    """(backfill id, free slots) of RUNNING backfills with pending keys and room under their cap,
-    oldest first."""
+    """(backfill id, free slots) of RUNNING backfills with pending keys and room under their cap
+    (runs held for upstream data take no slot), oldest first."""
     found = sql.rows(
-        "SELECT id, max_concurrent_runs - queued_count - running_count FROM backfill "
-        "WHERE state = 'RUNNING' AND pending_count > 0 AND queued_count + running_count < max_concurrent_runs "
+        f"SELECT id, max_concurrent_runs - queued_count - running_count + {_HELD} FROM backfill "
+        "WHERE state = 'RUNNING' AND pending_count > 0 "
         f"ORDER BY id LIMIT {int(limit)}"
     )
-    return [(int(backfill_id), int(free)) for backfill_id, free in found]
+    return [(int(backfill_id), int(free)) for backfill_id, free in found if free > 0]
+
+
+def held_keys(backfill_id: int) -> int:
+    """Keys of the backfill whose run is held for upstream data."""
+    return int(sql.scalar(f"SELECT {_HELD} FROM backfill WHERE id = %s", (backfill_id,)) or 0)
 
 
 def pending_keys(backfill_id: int, limit: int) -> list[KeyRow]:
@@ -504,13 +517,14 @@ def apply_counts(
     new_state: str | None = None,
     clear_end_time: bool = False,
     added_in_flight_cap: int | None = None,
+    held: int = 0,
 ) -> BackfillRow | None:
     """Moves the counters by `deltas` (key state -> change) and returns the row after it.
 
     `only_if_state` / `added_in_flight_cap` make the update conditional (None when it does not
     apply): the backfill must be in that state, and `added_in_flight_cap` more queued + running
-    keys must still fit under max_concurrent_runs — the dispatcher's guard against a second
-    (deposed) dispatcher.
+    keys must still fit under max_concurrent_runs (plus `held` keys whose runs are held for
+    upstream data) — the dispatcher's guard against a second (deposed) dispatcher.
     """
     sets = [f"{state.lower()}_count = {state.lower()}_count + %s" for state in deltas]
     params: list[Any] = [int(value) for value in deltas.values()]
@@ -527,8 +541,8 @@ def apply_counts(
         conditions.append("state = %s")
         params.append(only_if_state)
     if added_in_flight_cap is not None:
-        conditions.append("queued_count + running_count + %s <= max_concurrent_runs")
-        params.append(added_in_flight_cap)
+        conditions.append("queued_count + running_count + %s <= max_concurrent_runs + %s")
+        params.extend((added_in_flight_cap, held))
     found = sql.rows(
         f"UPDATE backfill SET {', '.join(sets)} WHERE {' AND '.join(conditions)} RETURNING {_BACKFILL_COLUMNS}",
         params,
