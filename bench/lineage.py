@@ -80,7 +80,8 @@ def _report(stub: asset_pb2_grpc.AssetServiceStub, asset_id: str, keys: list[str
         stub.ReportMaterializations(
             asset_pb2.ReportMaterializationsRequest(
                 materializations=[
-                    asset_pb2.ResultAsset(asset_id=asset_id, partition_key=key) for key in keys[first : first + BATCH]
+                    asset_pb2.ResultAsset(asset_id=asset_id, partition_key=key)
+                    for key in keys[first : first + BATCH]
                 ]
             )
         )
@@ -115,7 +116,9 @@ def run() -> list[dict[str, object]]:
 
         def stale_total() -> int:
             page = assets.ListPartitions(
-                asset_pb2.ListPartitionsRequest(asset_id="down/out", as_of=as_of, stale_only=True, page_size=1)
+                asset_pb2.ListPartitionsRequest(
+                    asset_id="down/out", as_of=as_of, stale_only=True, page_size=1
+                )
             )
             return int(page.total_size)
 
@@ -126,9 +129,16 @@ def run() -> list[dict[str, object]]:
         until_listed = time.perf_counter() - started
         results.append(entry("report 10,000 keys read by 2 assets (1,000 per call)", with_marking, "s", 2.0))
         results.append(
-            entry("marking 10,000 + 417 downstream keys stale (difference)", max(0.0, with_marking - baseline), "s", 1.0)
+            entry(
+                "marking 10,000 + 417 downstream keys stale (difference)",
+                max(0.0, with_marking - baseline),
+                "s",
+                1.0,
+            )
         )
-        results.append(entry("first report until ListPartitions(stale_only) shows 10,000", until_listed, "s", 2.0))
+        results.append(
+            entry("first report until ListPartitions(stale_only) shows 10,000", until_listed, "s", 2.0)
+        )
 
         def all_stale_pages() -> int:
             seen, token = 0, ""
@@ -145,9 +155,18 @@ def run() -> list[dict[str, object]]:
 
         started = time.perf_counter()
         assert all_stale_pages() == KEYS
-        results.append(entry("every stale_only page of 10,000 stale keys (1,000 per page)", time.perf_counter() - started, "s", 1.0))
+        results.append(
+            entry(
+                "every stale_only page of 10,000 stale keys (1,000 per page)",
+                time.perf_counter() - started,
+                "s",
+                1.0,
+            )
+        )
         counts = _median(lambda: stale_total())
-        results.append(entry("stale and overdue counts (ListPartitions page of 1, median)", counts * 1000, "ms", 20.0))
+        results.append(
+            entry("stale and overdue counts (ListPartitions page of 1, median)", counts * 1000, "ms", 20.0)
+        )
         detail = _median(
             lambda: assets.GetPartition(
                 asset_pb2.GetPartitionRequest(asset_id="day/out", partition_key="2000-06-01", as_of=as_of)
