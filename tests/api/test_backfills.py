@@ -525,6 +525,17 @@ def test_request_id_replay(
     ).backfill
     assert other.id != first.id
 
+    # RetryBackfill replays its first answer (a second retry would find nothing to retry).
+    backfill_stub.CancelBackfill(backfill_pb2.CancelBackfillRequest(backfill_id=first.id))
+    retry = backfill_pb2.RetryBackfillRequest(backfill_id=first.id, request_id="retry-1")
+    reopened = backfill_stub.RetryBackfill(retry).backfill
+    assert reopened.state == S.BACKFILL_STATE_RUNNING
+    assert backfill_stub.RetryBackfill(retry).backfill == reopened
+    changed = backfill_pb2.RetryBackfillRequest(
+        backfill_id=first.id, partition_keys=["k001"], request_id="retry-1"
+    )
+    assert expect_error(backfill_stub.RetryBackfill, changed, INVALID).reason == "REQUEST_ID_REUSED"
+
 
 def test_invalid_requests_are_rejected_whole(
     workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
