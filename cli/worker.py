@@ -272,11 +272,11 @@ class Worker:
         )
         future = self.client.workers.ClaimRun.future(request, timeout=self.options.wait + 10)
         while not future.done():
-            if self.stopping.wait(0.2):
-                future.cancel()
-                return None
+            if self.stopping.wait(0.2) and future.cancel():
+                return None  # a claim cancelled while it commits is put back by the server
         if future.cancelled():
             return None
+        # Even when stopping: a run claimed meanwhile is ours; _execute hands it back at once.
         return future.result()  # type: ignore[no-any-return]
 
     def _workflow(self, slug: str) -> workflow_pb2.Workflow | None:
@@ -315,6 +315,11 @@ class Worker:
     def _execute(self, run: run_pb2.Run, lease_id: str) -> None:
         started = time.monotonic()
         self.log(f"{self._name(run)} claimed (attempt {run.attempt})")
+        if self.stopping.is_set():
+            with self.lock:
+                self.outcomes["failed"] += 1
+            self._fail(run, lease_id, "the worker stopped before the command started")
+            return
         output_dir = ""
         try:
             if self.options.output_dir:
