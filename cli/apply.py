@@ -165,13 +165,13 @@ def apply(ctx: click.Context, path: str, dry_run: bool, allow_partitioning_chang
             client.workflows.RegisterWorkflow(request, timeout=30)
         except grpc.RpcError as error:
             located = server_problems(config, change.config, error)
-            click.echo(
-                f"partita: workflow {change.config.slug}: {describe_rpc_error(error, client.address)}",
-                err=True,
-            )
+            table_line = config.line_of(change.config.path)
+            where = f"{config.file}:{table_line}" if table_line else config.file
+            message = describe_rpc_error(error, client.address)
+            click.echo(f"partita: {where}: workflow {change.config.slug}: {message}", err=True)
             if located is not None:
-                for line in located.lines():
-                    click.echo(f"partita: {line}", err=True)
+                for problem in located.lines():
+                    click.echo(f"partita: {problem}", err=True)
             raise click.exceptions.Exit(1) from None
         console.print(f"applied workflow {escape(change.config.slug)}")
     console.print(f"done: {summary.replace('to create', 'created').replace('to update', 'updated')}")

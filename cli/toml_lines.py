@@ -210,11 +210,16 @@ class TomlLines:
             self.lines = {}
 
     def locate(self, path: Sequence[str | int]) -> int | None:
-        """The line of `path`, else of its longest prefix that was found; None when none was."""
+        """The line of `path` (or of the first key inside it), else of its longest prefix that
+        was found; None when none was."""
         key = tuple(path)
         while key:
             line = self.lines.get(key)
             if line is not None:
                 return line
+            # A table defined only through its subtables ([a.b.c] defines a.b): its first one.
+            inside = [found for path, found in self.lines.items() if path[: len(key)] == key]
+            if inside:
+                return min(inside)
             key = key[:-1]
         return None

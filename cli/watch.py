@@ -77,6 +77,7 @@ class _Reader(threading.Thread):
     metavar="SEQ",
     help="start after this sequence (0: every retained event)",
 )
+@click.option("--from-now", is_flag=True, help="only events after now (instead of every retained one)")
 @click.option("--count", default=0, type=click.IntRange(min=0), metavar="N", help="stop after N events")
 @click.option(
     "--idle-timeout", default=0.0, type=float, metavar="SECONDS", help="stop when no event came for this long"
@@ -92,12 +93,17 @@ def watch(
     backfill_id: str,
     run_id: str,
     after: int,
+    from_now: bool,
     count: int,
     idle_timeout: float,
     as_json: bool,
 ) -> None:
     """Tail run events (of WORKFLOW, or all), resumable with --after SEQ."""
     client = client_from(ctx)
+    if from_now and after:
+        raise click.UsageError("--from-now and --after exclude each other")
+    if from_now:
+        after = int(client.runs.ListRuns(run_pb2.ListRunsRequest(page_size=1), timeout=30).head_sequence)
     last = after
     seen = 0
     reconnects = 0

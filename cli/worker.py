@@ -60,6 +60,7 @@ from cli.client import (
 from partita.v1 import asset_pb2, run_pb2, worker_pb2, workflow_pb2
 
 STDERR_TAIL_LINES = 20
+PROGRESS_INTERVAL = 1.0  # seconds between heartbeats sent early to report progress
 STDERR_TAIL_CHARS = 2000
 LEASE_LOST_REASONS = frozenset({"LEASE_MISMATCH", "LEASE_EXPIRED"})
 
@@ -437,6 +438,7 @@ class Worker:
     ) -> str:
         """Heartbeats until the command exits; returns done, canceled, lost or stopped."""
         sent: tuple[float, str] | None = None
+        last_beat = 0.0
         while True:
             deadline = time.monotonic() + self.options.heartbeat_every
             while time.monotonic() < deadline:
@@ -449,8 +451,8 @@ class Worker:
                     changed = (
                         execution.progress is not None and (execution.progress, execution.message) != sent
                     )
-                if changed:
-                    break
+                if changed and time.monotonic() - last_beat >= PROGRESS_INTERVAL:
+                    break  # report progress now, at most once per PROGRESS_INTERVAL
                 time.sleep(0.05)
             with execution.lock:
                 progress = execution.progress if execution.progress is not None else 0.0
@@ -463,6 +465,7 @@ class Worker:
                     timeout=30,
                 )
                 sent = (progress, message)
+                last_beat = time.monotonic()
             except grpc.RpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND or error_reason(error) in LEASE_LOST_REASONS:
                     self._terminate(process)

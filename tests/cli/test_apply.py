@@ -148,3 +148,12 @@ def test_the_example_applies(cli: Cli, server: RunningServer) -> None:
     result = cli("apply", "-f", str(REPO_ROOT / "examples" / "partita.toml"))
     assert result.returncode == 0, result.stderr
     assert slugs(server) == ["customers", "sales", "sales-summary", "targets"]
+
+
+def test_a_server_error_without_fields_names_the_workflow_table(cli: Cli, tmp_path: Path) -> None:
+    first = write(tmp_path / "one.toml", '[workflows.one.assets."shared/asset"]\n')
+    assert cli("apply", "-f", str(first)).returncode == 0
+    second = write(tmp_path / "two.toml", '# another team\n\n[workflows.two.assets."shared/asset"]\n')
+    result = cli("apply", "-f", str(second))
+    assert result.returncode == 1
+    assert f"{second}:3: workflow two: ALREADY_EXISTS" in result.stderr

@@ -43,6 +43,10 @@ def test_watch_counts_and_resumes(cli: Cli, server: RunningServer, daily: str) -
     only = cli("watch", "sales", "--partition", "2024-01-02", "--idle-timeout", "2")
     assert only.stdout and all("2024-01-02" in line for line in only.stdout.splitlines())
 
+    now = cli("watch", "--from-now", "--idle-timeout", "1")
+    assert now.returncode == 0 and now.stdout == ""
+    assert last_sequence(now.stderr) >= sequences[-1]
+
 
 def test_ctrl_c_prints_the_last_sequence(server: RunningServer, cli: Cli, daily: str) -> None:
     watcher = subprocess.Popen(
