@@ -461,6 +461,8 @@ class UpstreamCheck:
     key_horizon: int
     fanout_horizon: int
     missing: list[str]
+    # What is missing from slices other than all-mapping ones (automation waits only for these).
+    missing_keyed: list[str] = field(default_factory=list)
 
 
 def check_upstream(
@@ -470,6 +472,7 @@ def check_upstream(
     inputs: list[tuple[str, str, int]] = []
     count = key_horizon = fanout_horizon = 0
     missing: list[str] = []
+    keyed: list[str] = []
     if definition.spec is not None and not key:
         return UpstreamCheck([], 0, 0, 0, [])  # ranged runs read no per-key slices
     for dependency in dependencies(catalog, definition):
@@ -484,7 +487,9 @@ def check_upstream(
                 inputs.append((dependency.asset_id, upstream_key, resolved.latest[upstream_key]))
         if resolved.kind == "unresolved" or resolved.missing_count:
             missing.append(resolved.describe_missing())
-    return UpstreamCheck(inputs, count, key_horizon, fanout_horizon, missing)
+            if resolved.kind == "unresolved" or not isinstance(dependency.mapping, AllMapping):
+                keyed.append(missing[-1])
+    return UpstreamCheck(inputs, count, key_horizon, fanout_horizon, missing, keyed)
 
 
 def _waits(definition: WorkflowDefinition) -> bool:
@@ -571,7 +576,7 @@ def on_materialized(
         for dependency in consumers(catalog, asset_id):
             if dependency.fan_out or not dependency.usable:
                 continue
-            _mark_downstream(dependency, asset_rows, now_us)
+            _mark_downstream(dependency, asset_rows, positions, now_us)
     if not definition.message.consumes:
         return
     recorded = store.run_lineage(run.id) if run is not None else None
@@ -598,18 +603,35 @@ def on_materialized(
         )
 
 
-def _mark_downstream(dependency: Dependency, rows: Sequence[Materialization], now_us: int) -> None:
+def _mark_downstream(
+    dependency: Dependency,
+    rows: Sequence[Materialization],
+    positions: dict[tuple[str, str], SlicePosition],
+    now_us: int,
+) -> None:
     downstream = dependency.downstream
     aligned_sets: list[Aligned] = []
+    ranges: list[tuple[int, int]] = []
+    time_windows = isinstance(dependency.upstream_spec, TimeWindowSpec)
     for row in rows:
+        where = positions.get((row.asset_id, row.partition_key)) if time_windows else None
         try:
-            aligned_sets.append(
-                downstream_of(
-                    dependency.mapping, dependency.upstream_spec, downstream.spec, row.partition_key
-                )
+            aligned = downstream_of(
+                dependency.mapping,
+                dependency.upstream_spec,
+                downstream.spec,
+                row.partition_key,
+                where.ordinal if where is not None else None,
             )
         except InvalidArgument:
             continue
+        if aligned.kind == "range":
+            ranges.append((aligned.first, aligned.last))
+        else:
+            aligned_sets.append(aligned)
+    # Consecutive upstream keys align with overlapping ranges: walk each merged range once.
+    for first, last in _merged(ranges):
+        aligned_sets.append(Aligned("range", first=first, last=last))
     marker = max(int(row.id) for row in rows)
     for asset_id in tracked_assets(downstream):
         targets: dict[str, Target] = {}
@@ -618,6 +640,16 @@ def _mark_downstream(dependency: Dependency, rows: Sequence[Materialization], no
                 targets[target.partition_key] = target
         if targets:
             store.mark_stale(asset_id, list(targets.values()), marker, now_us)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 # --------------------------------------------------------------------------- reading
@@ -1668,7 +1700,7 @@ def _drain_requests(outbox: Outbox, catalog: Catalog, now: datetime) -> int:
                 store.delete_request(slug, key)
                 continue
             store.delete_request(slug, key)
-            if check_upstream(catalog, definition, key, now).missing:
+            if check_upstream(catalog, definition, key, now).missing_keyed:
                 continue  # re-requested when the missing upstream slice lands
             if view is not None and not partition_flags(view, [(key, None)], {}, now)[0][0]:
                 continue  # it already read the triggering data (e.g. a run claimed after it landed)

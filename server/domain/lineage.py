@@ -351,11 +351,16 @@ def upstream_of(
 
 
 def downstream_of(
-    mapping: PartitionMapping, upstream: PartitionSpec | None, downstream: PartitionSpec | None, key: str
+    mapping: PartitionMapping,
+    upstream: PartitionSpec | None,
+    downstream: PartitionSpec | None,
+    key: str,
+    index: int | None = None,
 ) -> Aligned:
     """The downstream keys that read the upstream `key`: "all" for all and last (last sets
     `if_newest`: the caller keeps them only when `key` is the newest upstream key).
-    Unpartitioned downstream: ''."""
+    Unpartitioned downstream: ''. `index`, when known, is the key's index in a time-window
+    upstream (saves parsing the key)."""
     if isinstance(mapping, LastMapping):
         return (
             Aligned("keys", ("",), if_newest=True) if downstream is None else Aligned("all", if_newest=True)
@@ -369,8 +374,18 @@ def downstream_of(
     if isinstance(mapping, StaticMapping):
         return Aligned("keys", _in_order(downstream, mapping.downstream_keys(key)))
     assert isinstance(upstream, TimeWindowSpec) and isinstance(downstream, TimeWindowSpec)
-    window = upstream.window(key)
-    u_start, u_end = int(window.start.timestamp()), int(window.end.timestamp())
+    if index is not None and upstream._schedule is downstream._schedule:
+        # One cron in one zone: window n reads windows n + s .. n + e of the same schedule.
+        n = upstream._first + index
+        first = n - mapping.end_offset - downstream._first
+        last = n - mapping.start_offset - downstream._first
+        return _clip(first, last, _tw_index_bounds(downstream))
+    if index is not None:
+        u_start = upstream._schedule.tick_at(upstream._first + index)
+        u_end = upstream._schedule.tick_at(upstream._first + index + 1)
+    else:
+        window = upstream.window(key)
+        u_start, u_end = int(window.start.timestamp()), int(window.end.timestamp())
     schedule = downstream._schedule
     # Downstream window n reads [tick(n + s), tick(n + 1 + e)); it overlaps [u_start, u_end) when
     # tick(n + s) < u_end and tick(n + 1 + e) > u_start.

@@ -310,6 +310,19 @@ def test_offsets_identity_static_and_last(
         asset_pb2.GetDownstreamPartitionsRequest(asset_id="regions/out", partition_key="eu")
     ).slices[-1:]
     assert down.asset_id == "zones/out" and list(down.partition_keys) == ["emea", "world"]
+    first_page = asset_stub.GetDownstreamPartitions(
+        asset_pb2.GetDownstreamPartitionsRequest(asset_id="regions/out", partition_key="eu", page_size=1)
+    )
+    second_page = asset_stub.GetDownstreamPartitions(
+        asset_pb2.GetDownstreamPartitionsRequest(
+            asset_id="regions/out", partition_key="eu", page_size=1, page_token=first_page.next_page_token
+        )
+    )
+    assert [s.asset_id for s in (*first_page.slices, *second_page.slices)] == [
+        "region-report/out",
+        "zones/out",
+    ]
+    assert not second_page.next_page_token
 
     # last: an unpartitioned summary reads the newest daily key; which one depends on as_of.
     register(
@@ -576,6 +589,16 @@ def test_automation_runs_the_aligned_keys_once(
     wait_for(lambda: len(automatic_runs()) == 3)
     time.sleep(1.0)
     assert [r.partition_key for r in automatic_runs()] == ["2024-01-02", "2024-01-02", "2024-01-03"]
+
+    # An unpartitioned reader of every key (default all mapping) runs once per upstream change.
+    register(workflow_stub, workflow("summary", None, [reads("events/out")], automation=automation))
+    report(asset_stub, "events/out", ["2024-01-05-01:00"])
+    summary_runs = wait_for(lambda: run_stub.ListRuns(run_pb2.ListRunsRequest(workflow_slug="summary")).runs)
+    time.sleep(1.0)
+    assert [
+        r.partition_key for r in run_stub.ListRuns(run_pb2.ListRunsRequest(workflow_slug="summary")).runs
+    ] == [""]
+    assert summary_runs[0].trigger.kind == run_pb2.TRIGGER_KIND_AUTOMATION
 
 
 def test_wait_policy_holds_runs_until_upstream_lands(

@@ -201,3 +201,23 @@ def test_alignment_round_trips(key: str) -> None:
     """Every upstream hour of a day maps back to exactly that day."""
     for hour in keys_of(NY_HOURLY, TimeWindowMapping(), NY_DAILY, key):
         assert down_keys(NY_DAILY, TimeWindowMapping(), NY_HOURLY, hour) == [key]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "downstream", "mapping"),
+    [
+        (HOURLY, DAILY, TimeWindowMapping()),
+        (DAILY, DAILY, TimeWindowMapping(-2, 1)),
+        (NY_HOURLY, NY_HOURLY, TimeWindowMapping(-1, -1)),
+        (DAILY, MONTHLY, TimeWindowMapping(0, 1)),
+    ],
+)
+def test_known_index_gives_the_same_alignment(
+    upstream: TimeWindowSpec, downstream: TimeWindowSpec, mapping: TimeWindowMapping
+) -> None:
+    """Callers that know the upstream key's index skip parsing it; the answer is the same."""
+    for index in (0, 1, 30, 1600, 7500):
+        key = upstream.key_for_index(index)
+        assert downstream_of(mapping, upstream, downstream, key, index) == downstream_of(
+            mapping, upstream, downstream, key
+        )
