@@ -183,10 +183,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 definition, reported_assets, run.partition_key, fields, limits.max_artifacts_per_asset
             )
             positions = resolve_result_positions(definition, reported, fields, now)
-            ended = lifecycle.succeed_tx(outbox, run, now)
+            # Materializations first, SUCCEEDED last: a watcher that stops at SUCCEEDED has seen them.
             recorded = record_materializations(
-                outbox, definition, reported, ended, now_us, positions, catalog=self.context.catalog
+                outbox, definition, reported, run, now_us, positions, catalog=self.context.catalog
             )
+            lifecycle.succeed_tx(outbox, run, now)
             at_run_key = {row.asset_id for row in recorded if row.partition_key == run.partition_key}
             lifecycle.settle_unmaterialized_tx(definition, run, at_run_key, now)
             response = worker_pb2.CompleteRunResponse(

@@ -535,3 +535,20 @@ def test_concurrent_identical_enqueues_across_two_servers_create_one_run(
     finally:
         assert first.stop() == 0
         assert second.stop() == 0
+
+
+def test_materialized_events_come_before_succeeded(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    run_stub: run_pb2_grpc.RunServiceStub,
+    worker_stub: worker_pb2_grpc.WorkerServiceStub,
+) -> None:
+    register(workflow_stub, "regions", STATIC)
+    run = enqueue(run_stub, "regions", "eu")
+    claimed = claim(worker_stub)
+    worker_stub.CompleteRun(worker_pb2.CompleteRunRequest(run_id=run.id, lease_id=claimed.lease_id))
+    seen = []
+    for response in run_stub.WatchRuns(run_pb2.WatchRunsRequest(run_id=run.id), timeout=10):
+        seen.append(response.event.type)
+        if response.event.type == run_pb2.RUN_EVENT_TYPE_SUCCEEDED:
+            break
+    assert seen.index(run_pb2.RUN_EVENT_TYPE_MATERIALIZED) < seen.index(run_pb2.RUN_EVENT_TYPE_SUCCEEDED)
