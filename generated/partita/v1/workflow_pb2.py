@@ -28,57 +28,59 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from partita.v1 import partitions_pb2 as partita_dot_v1_dot_partitions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19partita/v1/workflow.proto\x12\npartita.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpartita/v1/partitions.proto\"\x99\x05\n\x08Workflow\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\x08produces\x18\x03 \x03(\x0b\x32\x1c.partita.v1.AssetDeclaration\x12-\n\x08\x63onsumes\x18\x04 \x03(\x0b\x32\x1b.partita.v1.AssetDependency\x12\x33\n\x12\x64\x65\x66\x61ult_parameters\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x0cretry_policy\x18\x06 \x01(\x0b\x32\x17.partita.v1.RetryPolicy\x12\x1b\n\x13max_concurrent_runs\x18\x07 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x08schedule\x18\t \x01(\x0b\x32\x14.partita.v1.Schedule\x12*\n\nautomation\x18\n \x01(\x0b\x32\x16.partita.v1.Automation\x12\x33\n\x0fupstream_policy\x18\x0b \x01(\x0e\x32\x1a.partita.v1.UpstreamPolicy\x12\x33\n\x0f\x62\x61\x63kfill_policy\x18\x0c \x01(\x0b\x32\x1a.partita.v1.BackfillPolicy\x12\x34\n\x11upstream_max_wait\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x10\x41ssetDeclaration\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x36\n\x0cpartitioning\x18\x02 \x01(\x0b\x32 .partita.v1.PartitionsDefinition\x12\x35\n\x10\x66reshness_policy\x18\x03 \x01(\x0b\x32\x1b.partita.v1.FreshnessPolicy\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\\\n\x0f\x41ssetDependency\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x37\n\x11partition_mapping\x18\x02 \x01(\x0b\x32\x1c.partita.v1.PartitionMapping\"\xa8\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x03 \x01(\x01\x12\x32\n\x0fmaximum_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"X\n\x0f\x46reshnessPolicy\x12.\n\x0bmaximum_lag\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rdeadline_cron\x18\x02 \x01(\t\"\xb9\x01\n\x08Schedule\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x15\n\rcron_schedule\x18\x02 \x01(\t\x12*\n\x06target\x18\x03 \x01(\x0e\x32\x1a.partita.v1.ScheduleTarget\x12+\n\x08\x63\x61tch_up\x18\x04 \x01(\x0e\x32\x19.partita.v1.CatchUpPolicy\x12\x1a\n\x12max_catch_up_ticks\x18\x05 \x01(\x05\x12\x10\n\x08timezone\x18\x06 \x01(\t\"]\n\nAutomation\x12\x32\n\tcondition\x18\x01 \x01(\x0e\x32\x1f.partita.v1.AutomationCondition\x12\x1b\n\x13max_runs_per_minute\x18\x02 \x01(\x05\"D\n\x0e\x42\x61\x63kfillPolicy\x12\x1d\n\x10max_keys_per_run\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\x13\n\x11_max_keys_per_run\"\xef\x01\n\x0cScheduleTick\x12\x15\n\rworkflow_slug\x18\x01 \x01(\t\x12-\n\ttick_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07outcome\x18\x03 \x01(\x0e\x32\x1f.partita.v1.ScheduleTickOutcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07run_ids\x18\x05 \x03(\t\x12\x13\n\x0b\x62\x61\x63kfill_id\x18\x06 \x01(\t\x12\x31\n\revaluate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x17RegisterWorkflowRequest\x12&\n\x08workflow\x18\x01 \x01(\x0b\x32\x14.partita.v1.Workflow\x12!\n\x19\x61llow_partitioning_change\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x18RegisterWorkflowResponse\x12&\n\x08workflow\x18\x01 \x01(\x0b\x32\x14.partita.v1.Workflow\"\"\n\x12GetWorkflowRequest\x12\x0c\n\x04slug\x18\x01 \x01(\t\"=\n\x13GetWorkflowResponse\x12&\n\x08workflow\x18\x01 \x01(\x0b\x32\x14.partita.v1.Workflow\"=\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"m\n\x15ListWorkflowsResponse\x12\'\n\tworkflows\x18\x01 \x03(\x0b\x32\x14.partita.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"X\n\x18ListScheduleTicksRequest\x12\x15\n\rworkflow_slug\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x19ListScheduleTicksResponse\x12\'\n\x05ticks\x18\x01 \x03(\x0b\x32\x18.partita.v1.ScheduleTick\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x94\x01\n\x0eScheduleTarget\x12\x1f\n\x1bSCHEDULE_TARGET_UNSPECIFIED\x10\x00\x12!\n\x1dSCHEDULE_TARGET_LATEST_WINDOW\x10\x01\x12\x1c\n\x18SCHEDULE_TARGET_ALL_KEYS\x10\x02\x12 \n\x1cSCHEDULE_TARGET_MISSING_KEYS\x10\x03*q\n\rCatchUpPolicy\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_LATEST_ONLY\x10\x01\x12\x1e\n\x1a\x43\x41TCH_UP_POLICY_ALL_MISSED\x10\x02*\x8d\x01\n\x13\x41utomationCondition\x12$\n AUTOMATION_CONDITION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41UTOMATION_CONDITION_NONE\x10\x01\x12\x31\n-AUTOMATION_CONDITION_ON_UPSTREAM_MATERIALIZED\x10\x02*k\n\x0eUpstreamPolicy\x12\x1f\n\x1bUPSTREAM_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aUPSTREAM_POLICY_RUN_ANYWAY\x10\x01\x12\x18\n\x14UPSTREAM_POLICY_WAIT\x10\x02*\xa2\x01\n\x13ScheduleTickOutcome\x12%\n!SCHEDULE_TICK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSCHEDULE_TICK_OUTCOME_FIRED\x10\x01\x12!\n\x1dSCHEDULE_TICK_OUTCOME_SKIPPED\x10\x02\x12 \n\x1cSCHEDULE_TICK_OUTCOME_FAILED\x10\x03\x32\xf8\x02\n\x0fWorkflowService\x12]\n\x10RegisterWorkflow\x12#.partita.v1.RegisterWorkflowRequest\x1a$.partita.v1.RegisterWorkflowResponse\x12N\n\x0bGetWorkflow\x12\x1e.partita.v1.GetWorkflowRequest\x1a\x1f.partita.v1.GetWorkflowResponse\x12T\n\rListWorkflows\x12 .partita.v1.ListWorkflowsRequest\x1a!.partita.v1.ListWorkflowsResponse\x12`\n\x11ListScheduleTicks\x12$.partita.v1.ListScheduleTicksRequest\x1a%.partita.v1.ListScheduleTicksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19partita/v1/workflow.proto\x12\npartita.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpartita/v1/partitions.proto\"\xc9\x05\n\x08Workflow\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\x08produces\x18\x03 \x03(\x0b\x32\x1c.partita.v1.AssetDeclaration\x12-\n\x08\x63onsumes\x18\x04 \x03(\x0b\x32\x1b.partita.v1.AssetDependency\x12\x33\n\x12\x64\x65\x66\x61ult_parameters\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x0cretry_policy\x18\x06 \x01(\x0b\x32\x17.partita.v1.RetryPolicy\x12\x1b\n\x13max_concurrent_runs\x18\x07 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x08schedule\x18\t \x01(\x0b\x32\x14.partita.v1.Schedule\x12*\n\nautomation\x18\n \x01(\x0b\x32\x16.partita.v1.Automation\x12\x33\n\x0fupstream_policy\x18\x0b \x01(\x0e\x32\x1a.partita.v1.UpstreamPolicy\x12\x33\n\x0f\x62\x61\x63kfill_policy\x18\x0c \x01(\x0b\x32\x1a.partita.v1.BackfillPolicy\x12\x34\n\x11upstream_max_wait\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\tretention\x18\x0e \x01(\x0b\x32\x1b.partita.v1.RetentionPolicy\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x10\x41ssetDeclaration\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x36\n\x0cpartitioning\x18\x02 \x01(\x0b\x32 .partita.v1.PartitionsDefinition\x12\x35\n\x10\x66reshness_policy\x18\x03 \x01(\x0b\x32\x1b.partita.v1.FreshnessPolicy\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\\\n\x0f\x41ssetDependency\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x37\n\x11partition_mapping\x18\x02 \x01(\x0b\x32\x1c.partita.v1.PartitionMapping\"\xad\x01\n\x0fRetentionPolicy\x12\x1f\n\x17keep_runs_per_partition\x18\x01 \x01(\x05\x12<\n\x19keep_materializations_for\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x18\x63ompact_tombstones_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa8\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x03 \x01(\x01\x12\x32\n\x0fmaximum_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"X\n\x0f\x46reshnessPolicy\x12.\n\x0bmaximum_lag\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rdeadline_cron\x18\x02 \x01(\t\"\xb9\x01\n\x08Schedule\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x15\n\rcron_schedule\x18\x02 \x01(\t\x12*\n\x06target\x18\x03 \x01(\x0e\x32\x1a.partita.v1.ScheduleTarget\x12+\n\x08\x63\x61tch_up\x18\x04 \x01(\x0e\x32\x19.partita.v1.CatchUpPolicy\x12\x1a\n\x12max_catch_up_ticks\x18\x05 \x01(\x05\x12\x10\n\x08timezone\x18\x06 \x01(\t\"]\n\nAutomation\x12\x32\n\tcondition\x18\x01 \x01(\x0e\x32\x1f.partita.v1.AutomationCondition\x12\x1b\n\x13max_runs_per_minute\x18\x02 \x01(\x05\"D\n\x0e\x42\x61\x63kfillPolicy\x12\x1d\n\x10max_keys_per_run\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\x13\n\x11_max_keys_per_run\"\xef\x01\n\x0cScheduleTick\x12\x15\n\rworkflow_slug\x18\x01 \x01(\t\x12-\n\ttick_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07outcome\x18\x03 \x01(\x0e\x32\x1f.partita.v1.ScheduleTickOutcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07run_ids\x18\x05 \x03(\t\x12\x13\n\x0b\x62\x61\x63kfill_id\x18\x06 \x01(\t\x12\x31\n\revaluate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x17RegisterWorkflowRequest\x12&\n\x08workflow\x18\x01 \x01(\x0b\x32\x14.partita.v1.Workflow\x12!\n\x19\x61llow_partitioning_change\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"B\n\x18RegisterWorkflowResponse\x12&\n\x08workflow\x18\x01 \x01(\x0b\x32\x14.partita.v1.Workflow\"\"\n\x12GetWorkflowRequest\x12\x0c\n\x04slug\x18\x01 \x01(\t\"=\n\x13GetWorkflowResponse\x12&\n\x08workflow\x18\x01 \x01(\x0b\x32\x14.partita.v1.Workflow\"=\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"m\n\x15ListWorkflowsResponse\x12\'\n\tworkflows\x18\x01 \x03(\x0b\x32\x14.partita.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"X\n\x18ListScheduleTicksRequest\x12\x15\n\rworkflow_slug\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x19ListScheduleTicksResponse\x12\'\n\x05ticks\x18\x01 \x03(\x0b\x32\x18.partita.v1.ScheduleTick\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x94\x01\n\x0eScheduleTarget\x12\x1f\n\x1bSCHEDULE_TARGET_UNSPECIFIED\x10\x00\x12!\n\x1dSCHEDULE_TARGET_LATEST_WINDOW\x10\x01\x12\x1c\n\x18SCHEDULE_TARGET_ALL_KEYS\x10\x02\x12 \n\x1cSCHEDULE_TARGET_MISSING_KEYS\x10\x03*q\n\rCatchUpPolicy\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43\x41TCH_UP_POLICY_LATEST_ONLY\x10\x01\x12\x1e\n\x1a\x43\x41TCH_UP_POLICY_ALL_MISSED\x10\x02*\x8d\x01\n\x13\x41utomationCondition\x12$\n AUTOMATION_CONDITION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41UTOMATION_CONDITION_NONE\x10\x01\x12\x31\n-AUTOMATION_CONDITION_ON_UPSTREAM_MATERIALIZED\x10\x02*k\n\x0eUpstreamPolicy\x12\x1f\n\x1bUPSTREAM_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aUPSTREAM_POLICY_RUN_ANYWAY\x10\x01\x12\x18\n\x14UPSTREAM_POLICY_WAIT\x10\x02*\xa2\x01\n\x13ScheduleTickOutcome\x12%\n!SCHEDULE_TICK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSCHEDULE_TICK_OUTCOME_FIRED\x10\x01\x12!\n\x1dSCHEDULE_TICK_OUTCOME_SKIPPED\x10\x02\x12 \n\x1cSCHEDULE_TICK_OUTCOME_FAILED\x10\x03\x32\xf8\x02\n\x0fWorkflowService\x12]\n\x10RegisterWorkflow\x12#.partita.v1.RegisterWorkflowRequest\x1a$.partita.v1.RegisterWorkflowResponse\x12N\n\x0bGetWorkflow\x12\x1e.partita.v1.GetWorkflowRequest\x1a\x1f.partita.v1.GetWorkflowResponse\x12T\n\rListWorkflows\x12 .partita.v1.ListWorkflowsRequest\x1a!.partita.v1.ListWorkflowsResponse\x12`\n\x11ListScheduleTicks\x12$.partita.v1.ListScheduleTicksRequest\x1a%.partita.v1.ListScheduleTicksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'partita.v1.workflow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCHEDULETARGET']._serialized_start=2603
-  _globals['_SCHEDULETARGET']._serialized_end=2751
-  _globals['_CATCHUPPOLICY']._serialized_start=2753
-  _globals['_CATCHUPPOLICY']._serialized_end=2866
-  _globals['_AUTOMATIONCONDITION']._serialized_start=2869
-  _globals['_AUTOMATIONCONDITION']._serialized_end=3010
-  _globals['_UPSTREAMPOLICY']._serialized_start=3012
-  _globals['_UPSTREAMPOLICY']._serialized_end=3119
-  _globals['_SCHEDULETICKOUTCOME']._serialized_start=3122
-  _globals['_SCHEDULETICKOUTCOME']._serialized_end=3284
+  _globals['_SCHEDULETARGET']._serialized_start=2827
+  _globals['_SCHEDULETARGET']._serialized_end=2975
+  _globals['_CATCHUPPOLICY']._serialized_start=2977
+  _globals['_CATCHUPPOLICY']._serialized_end=3090
+  _globals['_AUTOMATIONCONDITION']._serialized_start=3093
+  _globals['_AUTOMATIONCONDITION']._serialized_end=3234
+  _globals['_UPSTREAMPOLICY']._serialized_start=3236
+  _globals['_UPSTREAMPOLICY']._serialized_end=3343
+  _globals['_SCHEDULETICKOUTCOME']._serialized_start=3346
+  _globals['_SCHEDULETICKOUTCOME']._serialized_end=3508
   _globals['_WORKFLOW']._serialized_start=166
-  _globals['_WORKFLOW']._serialized_end=831
-  _globals['_ASSETDECLARATION']._serialized_start=834
-  _globals['_ASSETDECLARATION']._serialized_end=1002
-  _globals['_ASSETDEPENDENCY']._serialized_start=1004
-  _globals['_ASSETDEPENDENCY']._serialized_end=1096
-  _globals['_RETRYPOLICY']._serialized_start=1099
-  _globals['_RETRYPOLICY']._serialized_end=1267
-  _globals['_FRESHNESSPOLICY']._serialized_start=1269
-  _globals['_FRESHNESSPOLICY']._serialized_end=1357
-  _globals['_SCHEDULE']._serialized_start=1360
-  _globals['_SCHEDULE']._serialized_end=1545
-  _globals['_AUTOMATION']._serialized_start=1547
-  _globals['_AUTOMATION']._serialized_end=1640
-  _globals['_BACKFILLPOLICY']._serialized_start=1642
-  _globals['_BACKFILLPOLICY']._serialized_end=1710
-  _globals['_SCHEDULETICK']._serialized_start=1713
-  _globals['_SCHEDULETICK']._serialized_end=1952
-  _globals['_REGISTERWORKFLOWREQUEST']._serialized_start=1954
-  _globals['_REGISTERWORKFLOWREQUEST']._serialized_end=2074
-  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_start=2076
-  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_end=2142
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=2144
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=2178
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=2180
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=2241
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=2243
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=2304
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=2306
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2415
-  _globals['_LISTSCHEDULETICKSREQUEST']._serialized_start=2417
-  _globals['_LISTSCHEDULETICKSREQUEST']._serialized_end=2505
-  _globals['_LISTSCHEDULETICKSRESPONSE']._serialized_start=2507
-  _globals['_LISTSCHEDULETICKSRESPONSE']._serialized_end=2600
-  _globals['_WORKFLOWSERVICE']._serialized_start=3287
-  _globals['_WORKFLOWSERVICE']._serialized_end=3663
+  _globals['_WORKFLOW']._serialized_end=879
+  _globals['_ASSETDECLARATION']._serialized_start=882
+  _globals['_ASSETDECLARATION']._serialized_end=1050
+  _globals['_ASSETDEPENDENCY']._serialized_start=1052
+  _globals['_ASSETDEPENDENCY']._serialized_end=1144
+  _globals['_RETENTIONPOLICY']._serialized_start=1147
+  _globals['_RETENTIONPOLICY']._serialized_end=1320
+  _globals['_RETRYPOLICY']._serialized_start=1323
+  _globals['_RETRYPOLICY']._serialized_end=1491
+  _globals['_FRESHNESSPOLICY']._serialized_start=1493
+  _globals['_FRESHNESSPOLICY']._serialized_end=1581
+  _globals['_SCHEDULE']._serialized_start=1584
+  _globals['_SCHEDULE']._serialized_end=1769
+  _globals['_AUTOMATION']._serialized_start=1771
+  _globals['_AUTOMATION']._serialized_end=1864
+  _globals['_BACKFILLPOLICY']._serialized_start=1866
+  _globals['_BACKFILLPOLICY']._serialized_end=1934
+  _globals['_SCHEDULETICK']._serialized_start=1937
+  _globals['_SCHEDULETICK']._serialized_end=2176
+  _globals['_REGISTERWORKFLOWREQUEST']._serialized_start=2178
+  _globals['_REGISTERWORKFLOWREQUEST']._serialized_end=2298
+  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_start=2300
+  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_end=2366
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=2368
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=2402
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=2404
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=2465
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=2467
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=2528
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=2530
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2639
+  _globals['_LISTSCHEDULETICKSREQUEST']._serialized_start=2641
+  _globals['_LISTSCHEDULETICKSREQUEST']._serialized_end=2729
+  _globals['_LISTSCHEDULETICKSRESPONSE']._serialized_start=2731
+  _globals['_LISTSCHEDULETICKSRESPONSE']._serialized_end=2824
+  _globals['_WORKFLOWSERVICE']._serialized_start=3511
+  _globals['_WORKFLOWSERVICE']._serialized_end=3887
 # @@protoc_insertion_point(module_scope)

@@ -174,6 +174,7 @@ class Workflow(_message.Message):
     UPSTREAM_POLICY_FIELD_NUMBER: _builtins.int
     BACKFILL_POLICY_FIELD_NUMBER: _builtins.int
     UPSTREAM_MAX_WAIT_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     slug: _builtins.str
@@ -223,6 +224,10 @@ class Workflow(_message.Message):
         """
 
     @_builtins.property
+    def retention(self) -> Global___RetentionPolicy:
+        """How much run history and how many materializations are kept."""
+
+    @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the workflow was first registered (output only)."""
 
@@ -246,12 +251,13 @@ class Workflow(_message.Message):
         upstream_policy: Global___UpstreamPolicy.ValueType = ...,
         backfill_policy: Global___BackfillPolicy | None = ...,
         upstream_max_wait: _duration_pb2.Duration | None = ...,
+        retention: Global___RetentionPolicy | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "create_time", b"create_time", "default_parameters", b"default_parameters", "execution_timeout", b"execution_timeout", "retry_policy", b"retry_policy", "schedule", b"schedule", "update_time", b"update_time", "upstream_max_wait", b"upstream_max_wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "create_time", b"create_time", "default_parameters", b"default_parameters", "execution_timeout", b"execution_timeout", "retention", b"retention", "retry_policy", b"retry_policy", "schedule", b"schedule", "update_time", b"update_time", "upstream_max_wait", b"upstream_max_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "consumes", b"consumes", "create_time", b"create_time", "default_parameters", b"default_parameters", "description", b"description", "execution_timeout", b"execution_timeout", "max_concurrent_runs", b"max_concurrent_runs", "produces", b"produces", "retry_policy", b"retry_policy", "schedule", b"schedule", "slug", b"slug", "update_time", b"update_time", "upstream_max_wait", b"upstream_max_wait", "upstream_policy", b"upstream_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "backfill_policy", b"backfill_policy", "consumes", b"consumes", "create_time", b"create_time", "default_parameters", b"default_parameters", "description", b"description", "execution_timeout", b"execution_timeout", "max_concurrent_runs", b"max_concurrent_runs", "produces", b"produces", "retention", b"retention", "retry_policy", b"retry_policy", "schedule", b"schedule", "slug", b"slug", "update_time", b"update_time", "upstream_max_wait", b"upstream_max_wait", "upstream_policy", b"upstream_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,6 +330,44 @@ class AssetDependency(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssetDependency: _TypeAlias = AssetDependency  # noqa: Y015
+
+@_typing.final
+class RetentionPolicy(_message.Message):
+    """How much history is kept. The latest run and the latest materialization of every key are
+    always kept, whatever the policy says.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_RUNS_PER_PARTITION_FIELD_NUMBER: _builtins.int
+    KEEP_MATERIALIZATIONS_FOR_FIELD_NUMBER: _builtins.int
+    COMPACT_TOMBSTONES_AFTER_FIELD_NUMBER: _builtins.int
+    keep_runs_per_partition: _builtins.int
+    """Finished runs kept per partition key, newest first; 0 means the server's default (100)."""
+    @_builtins.property
+    def keep_materializations_for(self) -> _duration_pb2.Duration:
+        """Materializations younger than this are kept; absent means the server's default (90 days)."""
+
+    @_builtins.property
+    def compact_tombstones_after(self) -> _duration_pb2.Duration:
+        """Dynamic keys deleted (tombstoned) longer ago than this are compacted away; absent means the
+        server's default (30 days).
+        """
+
+    def __init__(
+        self,
+        *,
+        keep_runs_per_partition: _builtins.int = ...,
+        keep_materializations_for: _duration_pb2.Duration | None = ...,
+        compact_tombstones_after: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compact_tombstones_after", b"compact_tombstones_after", "keep_materializations_for", b"keep_materializations_for"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_tombstones_after", b"compact_tombstones_after", "keep_materializations_for", b"keep_materializations_for", "keep_runs_per_partition", b"keep_runs_per_partition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionPolicy: _TypeAlias = RetentionPolicy  # noqa: Y015
 
 @_typing.final
 class RetryPolicy(_message.Message):
