@@ -27,6 +27,7 @@ from server.app import (
     serve,
 )
 from server.auth import TOKENS_ENV
+from server.clock import CLOCK_FILE_ENV
 from server.limits import load_limits
 from server.logging import configure_logging
 
@@ -120,6 +121,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="NAME=VALUE",
         help="set one limit, e.g. max_payload_bytes=1048576 or rate_limit_per_second=100 (repeatable)",
     )
+    # Test-only: the server's clock reads the instant in this file (server/clock.py FileClock).
+    parser.add_argument("--clock-file", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         limits = load_limits(args.limits, args.limit)
@@ -138,6 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         limits=limits,
+        clock_file=args.clock_file or os.environ.get(CLOCK_FILE_ENV) or None,
         metrics_listen=args.metrics_listen,
     )
 

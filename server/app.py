@@ -31,12 +31,13 @@ from server.api.context import Limits, ServiceContext
 from server.api.interceptors import server_interceptors
 from server.api.services import add_partita_services
 from server.auth import AuthConfigError, TokenRegistry, install_principal_logging
-from server.clock import Clock, SystemClock
+from server.clock import Clock, FileClock, SystemClock
 from server.lineage import run_lineage_loop
 from server.logging import log_event
 from server.metrics import MetricsRegistry
 from server.scheduler.dispatcher import run_backfill_dispatcher
 from server.scheduler.reaper import run_reaper
+from server.scheduler.schedule_loop import run_schedule_loop
 from server.streams import run_event_follower, run_event_pruner
 from storage import migrations
 from storage.database import connect
@@ -101,6 +102,8 @@ class Settings:
     tls_client_ca: str | None = None
     insecure: bool = False
     limits: Limits = field(default_factory=Limits)
+    # Test-only (server/clock.py FileClock): the server's "now" is the instant in this file.
+    clock_file: str | None = None
     # Prometheus exposition (server/metrics_http.py) on this HOST:PORT; None: off.
     metrics_listen: str | None = None
 
@@ -113,6 +116,7 @@ DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (
     run_event_follower,
     run_event_pruner,
     run_backfill_dispatcher,
+    run_schedule_loop,
     run_lineage_loop,
 )
 BACKGROUND_STOP_TIMEOUT = 10.0
@@ -366,6 +370,11 @@ async def serve(
     tokens = load_tokens(settings)
     check_exposure(settings, host, tokens)
     credentials = tls_credentials(settings)
+    if clock is None and settings.clock_file:
+        try:
+            clock = FileClock(settings.clock_file)
+        except ValueError as error:
+            raise StartupError(f"partita: {error}", exit_code=2) from error
     store = await open_store(settings)
     try:
         app = build_server(store, clock=clock, limits=settings.limits, tokens=tokens)

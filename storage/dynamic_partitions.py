@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from storage import sql
 from storage.models import DynamicPartition
 
 
@@ -48,7 +49,18 @@ def revive_or_add(asset_id: str, partition_keys: Sequence[str], now_micros: int)
         )
     }
     changed = [key for key in partition_keys if key not in existing or existing[key].delete_time is not None]
-    seed(asset_id, [key for key in partition_keys if key not in existing], now_micros)
+    fresh = [key for key in partition_keys if key not in existing]
+    seed(asset_id, fresh, now_micros)
+    if fresh:
+        # A key compacted away by retention and added again gets a new registry position; its
+        # surviving history must sit there too.
+        placeholders = ", ".join(["%s"] * len(fresh))
+        sql.execute(
+            "UPDATE partition_state SET position = (SELECT d.id FROM dynamic_partition d "
+            "WHERE d.asset_id = partition_state.asset_id AND d.partition_key = partition_state.partition_key) "
+            f"WHERE asset_id = %s AND partition_key IN ({placeholders})",
+            (asset_id, *fresh),
+        )
     revived = [key for key in partition_keys if key in existing and existing[key].delete_time is not None]
     if revived:
         DynamicPartition.update(delete_time=None).where(

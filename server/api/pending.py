@@ -11,11 +11,7 @@ from typing import Any, TypeVar
 
 from server.domain.errors import Unimplemented
 
-PENDING_RPCS: dict[str, dict[str, str]] = {
-    "partita.v1.WorkflowService": {
-        "ListScheduleTicks": "schedules",
-    },
-}
+PENDING_RPCS: dict[str, dict[str, str]] = {}
 
 S = TypeVar("S")
 

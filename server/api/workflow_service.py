@@ -7,7 +7,7 @@ from collections.abc import Callable
 import grpc
 
 from partita.v1 import partitions_pb2, workflow_pb2, workflow_pb2_grpc
-from server import lineage
+from server import lineage, schedules
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.idempotency import once
@@ -20,6 +20,7 @@ from server.domain.errors import (
     NotFound,
     ViolationCollector,
 )
+from server.domain.names import slug_violation
 from server.domain.partitions import (
     DynamicSpec,
     PartitionSpec,
@@ -31,6 +32,7 @@ from server.domain.partitions import (
 from server.domain.retry import retry_policy_violations
 from server.domain.workflows import ProducedAsset, WorkflowShape, workflow_spec, workflow_violations
 from storage import dynamic_partitions, partition_state, workflows
+from storage import schedules as schedule_store
 from storage.events import Outbox
 from storage.models import Workflow, micros
 from storage.partition_state import SlicePosition
@@ -79,6 +81,7 @@ def _validated_assets(workflow: workflow_pb2.Workflow) -> list[ProducedAsset]:
     timeout = convert.duration_or_none(workflow, "execution_timeout")
     if timeout is not None and timeout.total_seconds() < 0:
         collector.add("workflow.execution_timeout", "must not be negative")
+    collector.violations.extend(schedules.violations(workflow, produced))
     collector.raise_if_any("invalid workflow")
     return produced
 
@@ -146,6 +149,8 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         now = micros(self.context.clock.now())
 
         def register(outbox: Outbox) -> workflow_pb2.RegisterWorkflowResponse:
+            # Schedule state first: the schedule loop locks it before any partition state.
+            schedules.register_tx(workflow, produced, now)
             owners = workflows.assets_by_id([asset.asset_id for asset in produced])
             rows = []
             for index, (declaration, asset) in enumerate(zip(workflow.produces, produced, strict=True)):
@@ -235,4 +240,32 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         )
         if len(rows) > limit:
             response.next_page_token = PageToken({"after": rows[limit - 1].slug}).encode(fingerprint)
+        return response
+
+    async def ListScheduleTicks(
+        self, request: workflow_pb2.ListScheduleTicksRequest, context: grpc.aio.ServicerContext
+    ) -> workflow_pb2.ListScheduleTicksResponse:
+        if violation := slug_violation(request.workflow_slug, "workflow_slug"):
+            raise InvalidArgument(f"{violation.field}: {violation.description}", violations=[violation])
+        limit = page_size(request.page_size, self.context.limits)
+        fingerprint = query_fingerprint(request)
+        position = decode_page_token(request.page_token, fingerprint) or {}
+        before = position.get("before")
+
+        def read() -> list[schedule_store.TickRow]:
+            if workflows.get_workflow(request.workflow_slug) is None:
+                raise NotFound(
+                    f"workflow {request.workflow_slug!r} does not exist",
+                    metadata={"workflow_slug": request.workflow_slug},
+                )
+            return schedule_store.list_ticks(
+                request.workflow_slug, int(before) if before is not None else None, limit + 1
+            )
+
+        rows = await self.context.store.read(read)
+        response = workflow_pb2.ListScheduleTicksResponse(
+            ticks=[schedules.tick_message(row) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = PageToken({"before": rows[limit - 1].tick_time}).encode(fingerprint)
         return response

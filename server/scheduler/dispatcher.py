@@ -49,6 +49,20 @@ LEADER_RETRY = 1.0
 LEADER_CHECK = 1.0
 
 
+# The dispatcher running for each service context in this process: loops that must run only
+# where the dispatcher leads (server/scheduler/schedule_loop.py) ask `leads(context)`.
+_RUNNING: dict[int, BackfillDispatcher] = {}
+
+
+def leads(context: ServiceContext) -> bool:
+    """Whether this process leads for `context`: SQLite always; PostgreSQL while its running
+    dispatcher holds the advisory lock."""
+    if context.store.is_sqlite:
+        return True
+    dispatcher = _RUNNING.get(id(context))
+    return dispatcher is not None and dispatcher.leader
+
+
 class BackfillDispatcher:
     def __init__(
         self,
@@ -70,6 +84,7 @@ class BackfillDispatcher:
 
     async def run(self, stopping: asyncio.Event) -> None:
         self.context.store.add_commit_listener(self._woken)
+        _RUNNING[id(self.context)] = self
         helpers: list[asyncio.Task[None]] = []
         if not self.context.store.is_sqlite:
             helpers.append(asyncio.create_task(self._hold_leadership(stopping), name="dispatcher-leadership"))
@@ -101,6 +116,8 @@ class BackfillDispatcher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stopping.wait(), min(5.0, 0.05 * 2**failures))
         finally:
+            if _RUNNING.get(id(self.context)) is self:
+                del _RUNNING[id(self.context)]
             stop_waiter.cancel()
             for task in helpers:
                 task.cancel()
