@@ -34,6 +34,7 @@ lint:
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server storage tests tools bench cli
 	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking --against baseline-v1.0.0.binpb
 	$(BIN)/python -m tools.api_reference --check
 
 bench:
