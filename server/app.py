@@ -37,6 +37,7 @@ from server.logging import log_event
 from server.metrics import MetricsRegistry
 from server.scheduler.dispatcher import run_backfill_dispatcher
 from server.scheduler.reaper import run_reaper
+from server.scheduler.retention import run_retention
 from server.scheduler.schedule_loop import run_schedule_loop
 from server.streams import run_event_follower, run_event_pruner
 from storage import migrations
@@ -118,6 +119,7 @@ DEFAULT_BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (
     run_backfill_dispatcher,
     run_schedule_loop,
     run_lineage_loop,
+    run_retention,
 )
 BACKGROUND_STOP_TIMEOUT = 10.0
 
