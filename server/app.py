@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -67,12 +68,21 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 
 
 def server_options(limits: Limits) -> tuple[tuple[str, int], ...]:
-    """SERVER_OPTIONS with the message size cap of `limits`."""
+    """SERVER_OPTIONS with the message size cap of `limits`, and a maximum connection age when
+    `PARTITA_MAX_CONNECTION_AGE_SECONDS` is set: behind a load balancer, clients then reconnect
+    now and then, which spreads long-lived watch streams over replicas that joined later."""
     sized = {"grpc.max_send_message_length", "grpc.max_receive_message_length"}
+    age = float(os.environ.get("PARTITA_MAX_CONNECTION_AGE_SECONDS", "0") or 0)
+    aging = (
+        (("grpc.max_connection_age_ms", int(age * 1000)), ("grpc.max_connection_age_grace_ms", 30_000))
+        if age > 0
+        else ()
+    )
     return (
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         *(option for option in SERVER_OPTIONS if option[0] not in sized),
+        *aging,
     )
 
 
