@@ -10,7 +10,9 @@ from pathlib import Path
 from tests.harness import RunningServer, start_server
 
 
-def entry(name: str, value: float, unit: str, goal: float, higher_is_better: bool = False) -> dict[str, object]:
+def entry(
+    name: str, value: float, unit: str, goal: float, higher_is_better: bool = False
+) -> dict[str, object]:
     met = value >= goal if higher_is_better else value <= goal
     return {"name": name, "value": round(value, 3), "unit": unit, "goal": goal, "goal_met": met}
 
@@ -18,7 +20,13 @@ def entry(name: str, value: float, unit: str, goal: float, higher_is_better: boo
 @contextlib.contextmanager
 def sqlite_server(*extra_args: str) -> Iterator[RunningServer]:
     with tempfile.TemporaryDirectory(prefix="partita-bench-") as directory:
-        server = start_server(f"sqlite:///{Path(directory) / 'bench.db'}", "--log-level", "WARNING", *extra_args, log_dir=Path(directory))
+        server = start_server(
+            f"sqlite:///{Path(directory) / 'bench.db'}",
+            "--log-level",
+            "WARNING",
+            *extra_args,
+            log_dir=Path(directory),
+        )
         try:
             yield server
         finally:

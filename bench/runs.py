@@ -61,7 +61,9 @@ async def _work_all(address: str, total: int) -> float:
             claimed = await stub.ClaimRun(worker_pb2.ClaimRunRequest(worker_id="bench"))
             if not claimed.HasField("run"):
                 return
-            await stub.CompleteRun(worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id))
+            await stub.CompleteRun(
+                worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id)
+            )
             done += 1
 
     started = time.perf_counter()

@@ -16,5 +16,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         p.relative_to(committed) for p in committed.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     )
     assert committed_files == fresh_files, "run `make generate`: the set of generated files differs"
-    stale = [str(path) for path in fresh_files if not filecmp.cmp(tmp_path / path, committed / path, shallow=False)]
+    stale = [
+        str(path) for path in fresh_files if not filecmp.cmp(tmp_path / path, committed / path, shallow=False)
+    ]
     assert not stale, f"run `make generate`: stale generated files {stale}"
