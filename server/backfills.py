@@ -52,6 +52,7 @@ from storage import partition_state, runs
 from storage.backfills import BackfillRow, KeyRow
 from storage.events import NewEvent, Outbox
 from storage.models import Run, micros
+from storage.partition_state import SlicePosition
 
 logger = logging.getLogger("partita.backfills")
 
@@ -317,8 +318,8 @@ def _backfill_event(
     )
 
 
-def get_tx(backfill_id: int, *, lock: bool = False) -> BackfillRow:
-    row = store.get_backfill(backfill_id, lock=lock)
+def get_tx(backfill_id: int) -> BackfillRow:
+    row = store.get_backfill(backfill_id)
     if row is None:
         raise NotFound(f"backfill {backfill_id} does not exist", metadata={"backfill_id": str(backfill_id)})
     return row
@@ -336,6 +337,10 @@ class _Started:
     state: str
     event: NewEvent
     new_run: bool
+    # A new run's slice, marked in flight once every run of the batch exists.
+    positions: dict[str, SlicePosition] | None = None
+    run_id: int = 0
+    partition_key: str = ""
 
 
 def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, now: datetime) -> int:
@@ -348,9 +353,8 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     from server.api.run_service import new_run  # imported late: run_service imports lifecycle
 
     now_us = micros(now)
-    # The backfill row first (PostgreSQL: FOR UPDATE): every transaction that moves keys of this
-    # backfill locks it before any per-asset partition state counters.
-    row = store.get_backfill(backfill_id, lock=True)
+    store.lock_backfill(backfill_id)  # no cancel or retry of it meanwhile
+    row = store.get_backfill(backfill_id)
     if row is None or row.state != store.RUNNING or not row.counts.pending:
         return 0
     held = store.held_keys(backfill_id)  # runs held for upstream data take no slot
@@ -361,26 +365,32 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     requested = json.loads(row.parameters or "{}")
     labels = json.loads(row.labels or "{}")
     policy = retry_policy_of(row)
-    moves: list[tuple[str, str]] = []
-    events: list[NewEvent] = []
+    changes: list[_Change] = []
     added_in_flight = 0
-    queued = 0
+    # Lock order: this backfill's advisory lock, its keys, runs, then per-asset partition state
+    # (after every run of the batch: a run transition holding its run may wait for that state),
+    # and the backfill row last.
+    marks: list[_Started] = []
     for key in store.pending_keys(backfill_id, room):
         if not store.take_pending(backfill_id, key.ordinal, now_us):
             continue
         started = _start_key(outbox, definition, row, key, requested, labels, policy, now, new_run)
-        if started is None:  # its slice's run ended while we looked: leave the key for the next pass
+        if started is None:  # its slice's run is busy or just ended: the key waits for the next pass
             continue
-        moves.append((store.PENDING, started.state))
-        events.append(started.event)
+        changes.append(_Change(backfill_id, {store.PENDING: -1, started.state: 1}, started.event))
         if started.state in store.IN_FLIGHT:
             added_in_flight += 1
-        queued += started.new_run
-    if not moves:
+        if started.positions is not None:
+            marks.append(started)
+    for started in marks:
+        assert started.positions is not None
+        partition_state.mark_in_flight(started.positions, started.partition_key, started.run_id, now_us)
+    if not changes:
         return 0
+    # The backfill row last, like every transaction that moves its keys (no lock-order deadlocks).
     updated = store.apply_counts(
         backfill_id,
-        store.deltas_of(moves),
+        _total(changes),
         now_us,
         only_if_state=store.RUNNING,
         added_in_flight_cap=added_in_flight,
@@ -388,18 +398,8 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     )
     if updated is None:
         raise DispatchConflict(f"backfill {backfill_id} changed while dispatching")
-    updated = _finish_if_decided(updated, now_us)
-    # Each event carries the counts right after its own key moved.
-    for index, event in enumerate(events):
-        later = store.deltas_of(moves[index + 1 :])
-        counts = updated.counts.plus({state: -delta for state, delta in later.items()})
-        last = index == len(events) - 1
-        event.data["backfill"] = {
-            "state": updated.state if last else store.RUNNING,
-            "counts": counts.as_list(),
-            "end_time": updated.end_time if last else None,
-        }
-    return len(moves)
+    _annotate(outbox, _finish_if_decided(updated, now_us), changes)
+    return len(changes)
 
 
 def _start_key(
@@ -447,15 +447,16 @@ def _start_key(
     for _ in range(3):
         run = runs.insert_if_no_run_in_flight(fresh, now_us)
         if run is not None:
-            partition_state.mark_in_flight(positions, key.partition_key, run.id, now_us)
             event = lifecycle.run_event(run, "QUEUED", runs.QUEUED)
             outbox.add(event)
             lifecycle.log_transition(run, runs.QUEUED, f"run {run.id} queued by backfill {row.id}")
             store.attach_run(row.id, key.ordinal, run.id, store.QUEUED, 0, now_us)
-            return _Started(store.QUEUED, event, True)
-        existing = store.lock_in_flight_run(definition.slug, key.partition_key)
+            return _Started(store.QUEUED, event, True, positions, run.id, key.partition_key)
+        existing, busy = store.lock_in_flight_run(definition.slug, key.partition_key)
         if existing is not None:
             return _adopt(outbox, row, key, existing, now_us)
+        if busy:  # another transaction holds it (PostgreSQL): never wait for a run here
+            break
     store.restore_pending(row.id, key.ordinal, now_us)
     return None
 
@@ -498,69 +499,149 @@ _EVENT_OF_STATE = {
 }
 
 
-def run_changed_tx(
-    outbox: Outbox,
-    run: Run,
-    now_us: int,
-    *,
-    attempted: int = 0,
-    error: str | None = None,
-    event: NewEvent | None = None,
-) -> None:
-    """Lifecycle hook of every run transition: the key(s) whose current run this is take the
-    run's state (QUEUED again for a retry or a released claim), `attempted` attempts more (1 at
-    a claim, -1 when a claim is released) and `error` as their last error; the backfill's
-    counters follow, and it finishes once every key is decided.
+@dataclass
+class _Change:
+    """Keys of one backfill moved by a transaction: counter `deltas`, the event that gets the
+    backfill's snapshot after the change (or, with `copy`, the run whose event is copied for the
+    backfill: a run adopted from elsewhere carries another backfill id, or none)."""
 
-    The transition's event is `event` (not yet in the outbox) or else the outbox's last event
-    of the run; it gets the backfill's snapshot. Call it before touching partition state: lock
-    order is run, key, backfill row, then per-asset state counters, in every transaction.
+    backfill_id: int
+    deltas: dict[str, int]
+    event: NewEvent | None
+    copy: Run | None = None
+    copy_type: str = ""
+
+
+def _total(changes: Sequence[_Change]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for change in changes:
+        for state, delta in change.deltas.items():
+            total[state] = total.get(state, 0) + delta
+    return {state: delta for state, delta in total.items() if delta}
+
+
+class _Changes:
+    """The backfill counter changes of one transaction, written at its end (Outbox.before_flush):
+    every transaction then locks backfill rows last, after runs and per-asset state counters,
+    in id order — so transactions that move keys of one backfill cannot deadlock."""
+
+    def __init__(self, outbox: Outbox, now_us: int) -> None:
+        self.outbox = outbox
+        self.now_us = now_us
+        self.items: list[_Change] = []
+
+    def __call__(self) -> None:
+        self.apply()
+
+    def apply(self) -> dict[int, BackfillRow]:
+        items, self.items = self.items, []
+        rows: dict[int, BackfillRow] = {}
+        for backfill_id in sorted({change.backfill_id for change in items}):
+            mine = [change for change in items if change.backfill_id == backfill_id]
+            row = store.apply_counts(backfill_id, _total(mine), self.now_us)
+            if row is not None:
+                rows[backfill_id] = _finish_if_decided(row, self.now_us)
+                _annotate(self.outbox, rows[backfill_id], mine)
+        return rows
+
+
+def _changes(outbox: Outbox, now_us: int) -> _Changes:
+    for work in outbox.before_flush:
+        if isinstance(work, _Changes):
+            return work
+    changes = _Changes(outbox, now_us)
+    outbox.before_flush.append(changes)
+    return changes
+
+
+def _annotate(outbox: Outbox, row: BackfillRow, changes: Sequence[_Change]) -> None:
+    """Gives each change's event the backfill's state and counts right after that change (`row`
+    is the backfill after all of them)."""
+    if row.state in store.OPEN:
+        before_end = row.state
+    else:
+        before_end = store.CANCELING if row.state == store.CANCELED else store.RUNNING
+    for index, change in enumerate(changes):
+        last = index == len(changes) - 1
+        later = _total(changes[index + 1 :])
+        snapshot = {
+            "state": row.state if last else before_end,
+            "counts": row.counts.plus({state: -delta for state, delta in later.items()}).as_list(),
+            "end_time": row.end_time if last else None,
+        }
+        if change.event is not None:
+            change.event.data["backfill"] = snapshot
+            continue
+        run = change.copy
+        assert run is not None
+        outbox.add(
+            NewEvent(
+                type=change.copy_type,
+                workflow_slug=run.workflow_slug,
+                run_id=run.id,
+                partition_key=run.partition_key,
+                backfill_id=row.id,
+                state=run.state,
+                attempt=run.attempt,
+                progress=run.progress,
+                message=f"run {run.id} of backfill {row.id}",
+                data={"backfill": snapshot},
+            )
+        )
+
+
+def run_changed_tx(
+    outbox: Outbox, run: Run, now_us: int, *, attempted: int = 0, error: str | None = None
+) -> None:
+    """Lifecycle hook, called right after a run transition added its event: the key(s) whose
+    current run this is take the run's state (QUEUED again for a retry or a released claim),
+    `attempted` attempts more (1 at a claim, -1 when a claim is released) and `error` as their
+    last error. The backfill's counters follow at the end of the transaction, where it finishes
+    once every key is decided, and the transition's event gets the backfill's snapshot.
     """
-    for key in store.keys_of_run(run.id):
+    keys = store.keys_of_run(run.id)
+    if not keys:
+        return
+    changes = _changes(outbox, now_us)
+    for key in keys:
         if not store.move_key(key, run.state, attempted, error, now_us):
             continue
         deltas = store.deltas_of([(key.state, run.state)])
         if not deltas:
             continue
-        row = store.apply_counts(key.backfill_id, deltas, now_us)
-        if row is None:
-            continue
-        row = _finish_if_decided(row, now_us)
-        snapshot = row.snapshot()
-        if event is not None and event.backfill_id == row.id:
-            event.data["backfill"] = snapshot
-        elif not _annotate(outbox, run, row.id, snapshot):
-            outbox.add(
-                NewEvent(
-                    type=event.type if event is not None else _last_event_type(outbox, run),
-                    workflow_slug=run.workflow_slug,
-                    run_id=run.id,
-                    partition_key=run.partition_key,
-                    backfill_id=row.id,
-                    state=run.state,
-                    attempt=run.attempt,
-                    progress=run.progress,
-                    message=f"run {run.id} of backfill {row.id}'s key {quote_key(key.partition_key)}",
-                    data={"backfill": snapshot},
-                )
+        own = _own_event(outbox, run, key.backfill_id)
+        changes.items.append(
+            _Change(
+                key.backfill_id,
+                deltas,
+                own,
+                copy=None if own is not None else run,
+                copy_type=_last_event_type(outbox, run),
             )
-        if row.state == store.CANCELING and run.state == runs.RUNNING and not run.cancel_requested:
+        )
+        if (
+            run.state == runs.RUNNING
+            and not run.cancel_requested
+            and store.backfill_state(key.backfill_id) == store.CANCELING
+        ):
             # Claimed while its backfill was being canceled: ask the worker to stop.
             runs.request_cancel(run.id, now_us)
             run.cancel_requested = True
             outbox.add(
                 lifecycle.run_event(
-                    run, "PROGRESS", runs.RUNNING, f"cancel requested: backfill {row.id} is canceling"
+                    run,
+                    "PROGRESS",
+                    runs.RUNNING,
+                    f"cancel requested: backfill {key.backfill_id} is canceling",
                 )
             )
 
 
-def _annotate(outbox: Outbox, run: Run, backfill_id: int, snapshot: dict[str, Any]) -> bool:
+def _own_event(outbox: Outbox, run: Run, backfill_id: int) -> NewEvent | None:
     for event in reversed(outbox.events):
         if event.run_id == run.id and event.backfill_id == backfill_id:
-            event.data["backfill"] = snapshot
-            return True
-    return False
+            return event
+    return None
 
 
 def _last_event_type(outbox: Outbox, run: Run) -> str:
@@ -600,12 +681,13 @@ def _finish_if_decided(row: BackfillRow, now_us: int) -> BackfillRow:
 # --- cancel and retry ---------------------------------------------------------------------------
 
 
-def cancel_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, now: datetime) -> BackfillRow:
-    """PENDING keys -> CANCELED, queued runs canceled, running runs asked to stop; the backfill is
-    CANCELING until its runs end, then CANCELED. Canceling a canceled (or canceling) backfill
-    returns it as it is; a completed one is FAILED_PRECONDITION."""
+def cancel_tx(outbox: Outbox, backfill_id: int, now: datetime) -> BackfillRow:
+    """CancelBackfill, first transaction: PENDING keys -> CANCELED and the backfill CANCELING (or
+    CANCELED at once when no run is in flight). `cancel_runs_tx` then cancels its runs.
+    A canceling or canceled backfill comes back as it is; a completed one is FAILED_PRECONDITION."""
     now_us = micros(now)
-    row = get_tx(backfill_id, lock=True)
+    store.lock_backfill(backfill_id)
+    row = get_tx(backfill_id)
     if row.state in (store.CANCELING, store.CANCELED):
         return row
     if row.state != store.RUNNING:
@@ -619,11 +701,9 @@ def cancel_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, now: datetime)
         backfill_id,
         {store.PENDING: -canceled, store.CANCELED: canceled} if canceled else {},
         now_us,
-        only_if_state=store.RUNNING,
-        new_state=store.CANCELING,
+        transition=((store.RUNNING,), store.CANCELING),
     )
-    if updated is None:  # it finished meanwhile
-        return get_tx(backfill_id)
+    assert updated is not None
     updated = _finish_if_decided(updated, now_us)
     outbox.add(
         _backfill_event(
@@ -634,22 +714,53 @@ def cancel_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, now: datetime)
         )
     )
     log_event(logger, "backfill canceled", backfill_id=str(backfill_id), pending_canceled=canceled)
+    return updated
+
+
+@dataclass(frozen=True)
+class RunsCanceled:
+    backfill: BackfillRow
+    # Runs another transaction held (mid-transition, or being adopted): try again shortly.
+    skipped: int
+
+
+def cancel_runs_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, now: datetime) -> RunsCanceled:
+    """CancelBackfill, second transaction (also the dispatcher's sweep after a crash between the
+    two): a CANCELING backfill's queued runs are canceled, then its running runs asked to stop.
+
+    It never waits for a run another transaction holds (PostgreSQL: SKIP LOCKED) and takes no
+    partition state after locking a running run, so it cannot deadlock with CompleteRun (which
+    writes partition state before its run): skipped runs are counted for the caller to retry.
+    Returns the backfill after it (CANCELED once no run is left).
+    """
+    row = get_tx(backfill_id)
+    if row.state != store.CANCELING:
+        return RunsCanceled(row, 0)
     reason = f"backfill {backfill_id} canceled"
-    for key in store.in_flight_keys(backfill_id):
-        assert key.run_id is not None
-        # Held by another transaction (PostgreSQL): it is mid-transition and its hook will see
-        # the backfill CANCELING (a claim asks the worker to stop; an end counts).
-        if store.lock_run_if_free(key.run_id) is None:
-            continue
-        lifecycle.cancel_tx(outbox, catalog, key.run_id, reason, now)
-    return store.get_backfill(backfill_id) or updated
+    in_flight = store.in_flight_keys(backfill_id)
+    skipped = 0
+    for wanted in (runs.QUEUED, runs.RUNNING):
+        for key in in_flight:
+            if key.state != wanted:
+                continue
+            assert key.run_id is not None
+            run = store.lock_run_if_free(key.run_id)
+            if run is None:
+                skipped += 1
+                continue
+            if run.state == runs.RUNNING and run.cancel_requested:
+                continue
+            lifecycle.cancel_tx(outbox, catalog, key.run_id, reason, now)
+    updated = _changes(outbox, micros(now)).apply().get(backfill_id) or get_tx(backfill_id)
+    return RunsCanceled(updated, skipped)
 
 
 def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], now: datetime) -> BackfillRow:
     """FAILED and CANCELED keys (all, or the listed ones) -> PENDING, their next run a RETRY;
     the backfill reopens to RUNNING. SUCCEEDED keys never re-run."""
     now_us = micros(now)
-    row = get_tx(backfill_id, lock=True)
+    store.lock_backfill(backfill_id)
+    row = get_tx(backfill_id)
     if row.state == store.CANCELING:
         raise FailedPrecondition(
             f"backfill {backfill_id} is still canceling; retry it once it is canceled",
@@ -669,7 +780,16 @@ def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], no
         )
     deltas = {state: -number for state, number in moved.items() if number}
     deltas[store.PENDING] = count
-    updated = store.apply_counts(backfill_id, deltas, now_us, new_state=store.RUNNING, clear_end_time=True)
+    updated = store.apply_counts(
+        backfill_id,
+        deltas,
+        now_us,
+        transition=(
+            (store.RUNNING, store.COMPLETED, store.COMPLETED_WITH_FAILURES, store.CANCELED),
+            store.RUNNING,
+        ),
+        reopen=True,
+    )
     assert updated is not None
     outbox.add(
         _backfill_event(

@@ -278,16 +278,12 @@ def _end(
             reason="RUN_STATE_CHANGED",
             metadata={"run_id": str(run.id)},
         )
-    event = run_event(ended, state, state, message)
-    # Before the partition state: a backfill row is locked before any asset's state counters.
-    backfills.run_changed_tx(
-        outbox, ended, now_us, error=message if state == runs.FAILED else None, event=event
-    )
     definition = catalog.workflow(run.workflow_slug)
     partition_state.settle(
         state_assets(definition, run), run.partition_key, run.id, state == runs.FAILED, now_us
     )
-    outbox.add(event)
+    outbox.add(run_event(ended, state, state, message))
+    backfills.run_changed_tx(outbox, ended, now_us, error=message if state == runs.FAILED else None)
     log_transition(ended, state, f"run {run.id} {state.lower()}: {message}" if message else "")
     return ended
 

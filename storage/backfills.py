@@ -251,10 +251,42 @@ def insert_plan(backfill_id: int, keys: Sequence[str], now: int) -> None:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def get_backfill(backfill_id: int, *, lock: bool = False) -> BackfillRow | None:
-    suffix = " FOR UPDATE" if lock and sql.is_postgres() else ""
-    found = sql.rows(f"SELECT {_BACKFILL_COLUMNS} FROM backfill WHERE id = %s{suffix}", (backfill_id,))
+def get_backfill(backfill_id: int) -> BackfillRow | None:
+    found = sql.rows(f"SELECT {_BACKFILL_COLUMNS} FROM backfill WHERE id = %s", (backfill_id,))
     return _backfill(found[0]) if found else None
+
+
+def backfill_state(backfill_id: int) -> str | None:
+    found = sql.scalar("SELECT state FROM backfill WHERE id = %s", (backfill_id,))
+    return str(found) if found is not None else None
+
+
+def canceling_with_runs_to_stop(unchanged_since: int, limit: int = 100) -> list[int]:
+    """CANCELING backfills unchanged since `unchanged_since` that still have a queued run, or a
+    running one not asked to stop (left so by a crash between CancelBackfill's two transactions)."""
+    return [
+        int(row[0])
+        for row in sql.rows(
+            "SELECT b.id FROM backfill b WHERE b.state = 'CANCELING' AND b.update_time < %s AND EXISTS ("
+            "SELECT 1 FROM backfill_partition p JOIN run r ON r.id = p.run_id WHERE p.backfill_id = b.id "
+            "AND p.state IN ('QUEUED', 'RUNNING') "
+            "AND (r.state = 'QUEUED' OR (r.state = 'RUNNING' AND r.cancel_requested = %s))) "
+            f"ORDER BY b.id LIMIT {int(limit)}",
+            (unchanged_since, False),
+        )
+    ]
+
+
+# Transaction-level advisory lock keys of backfills (PostgreSQL): this base plus the id.
+BACKFILL_LOCK_BASE = 0x7061_7274_0000_0000
+
+
+def lock_backfill(backfill_id: int) -> None:
+    """Serializes the transactions that change a backfill's plan — dispatch, cancel, retry —
+    until this one ends (PostgreSQL; SQLite has one writer). Taken first in those transactions;
+    run transitions never take it, and everyone writes the backfill row (its counters) last."""
+    if sql.is_postgres():
+        sql.execute("SELECT pg_advisory_xact_lock(%s)", (BACKFILL_LOCK_BASE + backfill_id,))
 
 
 def list_backfills(
@@ -513,26 +545,31 @@ def apply_counts(
     deltas: Mapping[str, int],
     now: int,
     *,
+    transition: tuple[Sequence[str], str] | None = None,
+    reopen: bool = False,
     only_if_state: str | None = None,
-    new_state: str | None = None,
-    clear_end_time: bool = False,
     added_in_flight_cap: int | None = None,
     held: int = 0,
 ) -> BackfillRow | None:
     """Moves the counters by `deltas` (key state -> change) and returns the row after it.
 
-    `only_if_state` / `added_in_flight_cap` make the update conditional (None when it does not
-    apply): the backfill must be in that state, and `added_in_flight_cap` more queued + running
-    keys must still fit under max_concurrent_runs (plus `held` keys whose runs are held for
-    upstream data) — the dispatcher's guard against a second (deposed) dispatcher.
+    `transition` (from states, to state) changes the state too, when it is one of the from
+    states (`reopen` then clears end_time). `only_if_state` / `added_in_flight_cap` make the whole
+    update conditional (None when it does not apply): the backfill must be in that state, and
+    `added_in_flight_cap` more queued + running keys must still fit under max_concurrent_runs
+    (plus `held` keys whose runs are held for upstream data) — the dispatcher's guard against a
+    second (deposed) dispatcher.
     """
     sets = [f"{state.lower()}_count = {state.lower()}_count + %s" for state in deltas]
     params: list[Any] = [int(value) for value in deltas.values()]
-    if new_state is not None:
-        sets.append("state = %s")
-        params.append(new_state)
-    if clear_end_time:
-        sets.append("end_time = NULL")
+    if transition is not None:
+        sources, target = transition
+        matches = f"state IN ({_in(sources)})"
+        sets.append(f"state = CASE WHEN {matches} THEN %s ELSE state END")
+        params.extend((*sources, target))
+        if reopen:
+            sets.append(f"end_time = CASE WHEN {matches} THEN NULL ELSE end_time END")
+            params.extend(sources)
     sets.append("update_time = %s")
     params.append(now)
     conditions = ["id = %s"]
@@ -560,16 +597,34 @@ def finish(backfill_id: int, from_state: str, state: str, now: int) -> BackfillR
     return _backfill(found[0]) if found else None
 
 
-def lock_in_flight_run(workflow_slug: str, partition_key: str) -> Run | None:
-    """The slice's queued or running run, locked until the transaction ends (PostgreSQL), so it
-    cannot end before the key that adopts it is recorded."""
-    lock = " FOR UPDATE" if sql.is_postgres() else ""
-    found = sql.select_models(
-        Run,
-        "workflow_slug = %s AND partition_key = %s AND state IN ('QUEUED', 'RUNNING')",
+def lock_in_flight_run(workflow_slug: str, partition_key: str) -> tuple[Run | None, bool]:
+    """The slice's queued or running run, locked until the transaction ends, so it cannot end
+    before the key that adopts it is recorded; (None, True) when another transaction holds it
+    (PostgreSQL: SKIP LOCKED — the caller never waits for a run), (None, False) when there is none."""
+    found = sql.rows(
+        "SELECT id FROM run WHERE workflow_slug = %s AND partition_key = %s AND state IN ('QUEUED', 'RUNNING') "
+        "ORDER BY id LIMIT 1",
         (workflow_slug, partition_key),
-        f"ORDER BY id LIMIT 1{lock}",
     )
+    if not found:
+        return None, False
+    if not sql.is_postgres():
+        return get_run_row(int(found[0][0])), False
+    locked = sql.select_models(
+        Run,
+        "id = %s AND state IN ('QUEUED', 'RUNNING')",
+        (int(found[0][0]),),
+        "FOR UPDATE SKIP LOCKED",
+    )
+    if locked:
+        return locked[0], False
+    return None, bool(
+        sql.rows("SELECT 1 FROM run WHERE id = %s AND state IN ('QUEUED', 'RUNNING')", found[0])
+    )
+
+
+def get_run_row(run_id: int) -> Run | None:
+    found = sql.select_models(Run, "id = %s", (run_id,))
     return found[0] if found else None
 
 

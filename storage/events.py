@@ -14,7 +14,7 @@ retained log is always `oldest_sequence() .. head_sequence()` without holes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +50,17 @@ class Outbox:
 
     events: list[NewEvent] = field(default_factory=list)
     sequences: list[int] = field(default_factory=list)
+    # Work that must come last in the transaction, right before its events are appended (and
+    # may add events): writes to rows many transactions share, such as a backfill's counters,
+    # so that every transaction locks them at the same point (no lock-order deadlocks).
+    before_flush: list[Callable[[], None]] = field(default_factory=list)
 
     def add(self, event: NewEvent) -> None:
         self.events.append(event)
 
     def flush(self, db: pw.Database, now_micros: int) -> None:
+        while self.before_flush:
+            self.before_flush.pop(0)()
         if self.events:
             self.sequences = append_events(db, self.events, now_micros)
             self.events = []

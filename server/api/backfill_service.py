@@ -20,6 +20,7 @@ Semantics chosen where the contract leaves room:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -49,6 +50,10 @@ from storage.events import EventFilter, Outbox
 from storage.models import micros
 
 SNAPSHOT_PREFETCH = 256
+# CancelBackfill retries runs another transaction held this often, this many times (then the
+# dispatcher's sweep and the claim hook take over).
+CANCEL_ROUNDS = 20
+CANCEL_RETRY_SECONDS = 0.05
 
 
 def _timestamp(value: int | None) -> Any:
@@ -288,8 +293,24 @@ class BackfillServicer(backfill_pb2_grpc.BackfillServiceServicer):
         backfill_id = parse_id(request.backfill_id, "backfill_id")
         now = self.context.clock.now()
         row = await self.context.store.write(
-            lambda outbox: backfills.cancel_tx(outbox, self.context.catalog, backfill_id, now), micros(now)
+            lambda outbox: backfills.cancel_tx(outbox, backfill_id, now), micros(now)
         )
+        # Its runs in further transactions (the backfill row is then written after them), again
+        # while another transaction held one of them.
+        for _ in range(CANCEL_ROUNDS):
+            if row.state != store.CANCELING:
+                break
+            now = self.context.clock.now()
+            canceled = await self.context.store.write(
+                functools.partial(
+                    backfills.cancel_runs_tx, catalog=self.context.catalog, backfill_id=backfill_id, now=now
+                ),
+                micros(now),
+            )
+            row = canceled.backfill
+            if not canceled.skipped:
+                break
+            await asyncio.sleep(CANCEL_RETRY_SECONDS)
         return backfill_pb2.CancelBackfillResponse(backfill=backfill_message(row))
 
     async def RetryBackfill(

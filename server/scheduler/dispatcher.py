@@ -44,6 +44,9 @@ POLL_INTERVAL = 2.0
 # Wake-ups closer together than this are served by one pass (a busy server commits far more
 # often than keys free up; the delay this adds to a dispatch is at most this long).
 COALESCE = 0.005
+# A canceling backfill whose runs were not stopped (a crash between CancelBackfill's two
+# transactions) is swept once it has not changed for this long.
+SWEEP_AFTER = 5.0
 LEADER_RETRY = 1.0
 # A leader checks its lock connection this often (a dropped connection means the lock is gone).
 LEADER_CHECK = 1.0
@@ -61,6 +64,12 @@ def leads(context: ServiceContext) -> bool:
         return True
     dispatcher = _RUNNING.get(id(context))
     return dispatcher is not None and dispatcher.leader
+
+
+def _work_to_do(now_us: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """One read: backfills with keys to dispatch and room, and canceling ones whose runs a crash
+    left unstopped (CancelBackfill stops them itself; this sweep waits SWEEP_AFTER for it)."""
+    return store.dispatchable(), store.canceling_with_runs_to_stop(now_us - int(SWEEP_AFTER * 1_000_000))
 
 
 class BackfillDispatcher:
@@ -128,7 +137,18 @@ class BackfillDispatcher:
         self.passes += 1
         context = self.context
         moved = 0
-        for backfill_id, _ in await context.store.read(store.dispatchable):
+        ready, canceling = await context.store.read(
+            functools.partial(_work_to_do, micros(context.clock.now()))
+        )
+        for backfill_id in canceling:
+            now = context.clock.now()
+            await context.store.write(
+                functools.partial(
+                    backfills.cancel_runs_tx, catalog=context.catalog, backfill_id=backfill_id, now=now
+                ),
+                micros(now),
+            )
+        for backfill_id, _ in ready:
             while stopping is None or not stopping.is_set():
                 now = context.clock.now()
                 try:
