@@ -580,27 +580,19 @@ def on_materialized(
     if not definition.message.consumes:
         return
     recorded = store.run_lineage(run.id) if run is not None else None
-    tracked = set(tracked_assets(definition))
-    watermark: int | None = None
-    for row in rows:
-        if row.asset_id not in tracked:
-            continue
-        where = positions.get((row.asset_id, row.partition_key), SlicePosition(0, None))
-        if recorded is not None:
-            key_horizon: int | None = recorded.key_horizon
-            fanout = recorded.fanout_horizon
-        else:
-            if watermark is None:
-                watermark = fanout_watermark(catalog, definition, from_micros(now_us))
-            key_horizon, fanout = None, watermark
-        store.record_downstream(
-            row.asset_id,
-            Target(row.partition_key, where.position, where.ordinal),
-            int(row.id),
-            key_horizon,
-            fanout,
-            now_us,
-        )
+    if recorded is not None:
+        key_horizon: int | None = recorded.key_horizon
+        fanout = recorded.fanout_horizon
+    else:  # a reported slice (or a run claimed before its workflow read anything): read it all
+        key_horizon, fanout = None, fanout_watermark(catalog, definition, from_micros(now_us))
+    for asset_id in tracked_assets(definition):
+        items = [
+            (Target(row.partition_key, where.position, where.ordinal), int(row.id))
+            for row in by_asset.get(asset_id, [])
+            for where in (positions.get((row.asset_id, row.partition_key), SlicePosition(0, None)),)
+        ]
+        if items:
+            store.record_downstream(asset_id, items, key_horizon, fanout, now_us)
 
 
 def _mark_downstream(

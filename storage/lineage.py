@@ -130,52 +130,72 @@ def mark_stale(
 
 def record_downstream(
     asset_id: str,
-    target: Target,
-    materialization_id: int,
+    items: Sequence[tuple[Target, int]],
     key_horizon: int | None,
     fanout_horizon: int,
     now: int,
-) -> bool:
-    """The downstream key was materialized: it is stale only when an upstream materialization
-    newer than everything it read (`key_horizon`, the newest upstream id of its slices when the
-    run was claimed) marked it meanwhile; None (a reported slice) means it read everything.
-    Returns whether the key is stale afterwards."""
+) -> None:
+    """Downstream keys were materialized (each with its materialization id): a key is stale
+    afterwards only when an upstream materialization newer than everything its run read
+    (`key_horizon`: the newest upstream id of its slices when the run was claimed) marked it
+    meanwhile; None (a reported slice) means it read everything. Rows are locked (PostgreSQL)
+    before they are judged, so a concurrent mark is never lost."""
     lock = " FOR UPDATE" if sql.is_postgres() else ""
-    select = (
-        "SELECT stale, marked_by, materialization_id FROM partition_lineage "
-        f"WHERE asset_id = %s AND partition_key = %s{lock}"
-    )
-    found = sql.execute(select, (asset_id, target.partition_key)).fetchone()
-    if found is None:
-        inserted = sql.execute(
-            "INSERT INTO partition_lineage (asset_id, partition_key, position, ordinal, stale, marked_by, "
-            "materialization_id, fanout_horizon, update_time) VALUES (%s, %s, %s, %s, 0, 0, %s, %s, %s) "
-            "ON CONFLICT (asset_id, partition_key) DO NOTHING",
-            (asset_id, *target, materialization_id, fanout_horizon, now),
-        ).rowcount
-        if inserted:
-            return False
-        found = sql.execute(select, (asset_id, target.partition_key)).fetchone()
-    old_stale, marked_by, old_materialization = (int(found[0]), int(found[1]), found[2])
-    if old_materialization is not None and int(old_materialization) > materialization_id:
-        return bool(old_stale)
-    stale = 1 if key_horizon is not None and marked_by > key_horizon else 0
-    sql.execute(
-        "UPDATE partition_lineage SET stale = %s, materialization_id = %s, fanout_horizon = %s, position = %s, "
-        "ordinal = %s, update_time = %s WHERE asset_id = %s AND partition_key = %s",
-        (
-            stale,
-            materialization_id,
-            fanout_horizon,
-            target.position,
-            target.ordinal,
-            now,
-            asset_id,
-            target.partition_key,
-        ),
-    )
-    _add_to_count(asset_id, stale - old_stale)
-    return bool(stale)
+    for chunk in _chunks(list(items)):
+        keys = [target.partition_key for target, _ in chunk]
+
+        def existing(wanted: Sequence[str]) -> dict[str, tuple[int, int, int | None]]:
+            return {
+                key: (int(stale), int(marked_by), None if materialization is None else int(materialization))
+                for key, stale, marked_by, materialization in sql.rows(
+                    "SELECT partition_key, stale, marked_by, materialization_id FROM partition_lineage "
+                    f"WHERE asset_id = %s AND partition_key IN ({_in(wanted)}) ORDER BY partition_key{lock}",
+                    (asset_id, *wanted),
+                )
+            }
+
+        found = existing(keys)
+        fresh = [(target, m) for target, m in chunk if target.partition_key not in found]
+        if fresh:
+            values = ", ".join(["(%s, %s, %s, %s, 0, 0, %s, %s, %s)"] * len(fresh))
+            params: list[Any] = []
+            for target, materialization_id in fresh:
+                params.extend((asset_id, *target, materialization_id, fanout_horizon, now))
+            inserted = {
+                row[0]
+                for row in sql.rows(
+                    "INSERT INTO partition_lineage (asset_id, partition_key, position, ordinal, stale, marked_by, "
+                    f"materialization_id, fanout_horizon, update_time) VALUES {values} "
+                    "ON CONFLICT (asset_id, partition_key) DO NOTHING RETURNING partition_key",
+                    params,
+                )
+            }
+            raced = [target.partition_key for target, _ in fresh if target.partition_key not in inserted]
+            if raced:  # inserted by a concurrent transaction meanwhile: judge them like the others
+                found.update(existing(raced))
+        updates: list[Any] = []
+        delta = 0
+        for target, materialization_id in chunk:
+            old = found.get(target.partition_key)
+            if old is None:
+                continue
+            old_stale, marked_by, old_materialization = old
+            if old_materialization is not None and old_materialization > materialization_id:
+                continue
+            stale = 1 if key_horizon is not None and marked_by > key_horizon else 0
+            delta += stale - old_stale
+            updates.extend((target.partition_key, stale, materialization_id, target.position, target.ordinal))
+        if updates:
+            rows = len(updates) // 5
+            cast = "(%s, CAST(%s AS BIGINT), CAST(%s AS BIGINT), CAST(%s AS BIGINT), CAST(%s AS BIGINT))"
+            sql.execute(
+                "UPDATE partition_lineage SET stale = v.column2, materialization_id = v.column3, "
+                "position = v.column4, ordinal = v.column5, fanout_horizon = %s, update_time = %s "
+                f"FROM (VALUES {', '.join([cast] * rows)}) AS v "
+                "WHERE partition_lineage.asset_id = %s AND partition_lineage.partition_key = v.column1",
+                (fanout_horizon, now, *updates, asset_id),
+            )
+        _add_to_count(asset_id, delta)
 
 
 def stale_count(asset_id: str, low: int | None, high: int | None) -> int:
