@@ -354,7 +354,7 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
 
     now_us = micros(now)
     store.lock_backfill(backfill_id)  # no cancel or retry of it meanwhile
-    row = store.get_backfill(backfill_id)
+    row = store.get_backfill(backfill_id, selection=False)
     if row is None or row.state != store.RUNNING or not row.counts.pending:
         return 0
     held = store.held_keys(backfill_id)  # runs held for upstream data take no slot
@@ -664,7 +664,7 @@ def _finish_if_decided(row: BackfillRow, now_us: int) -> BackfillRow:
         target = store.COMPLETED
     done = store.finish(row.id, row.state, target, now_us)
     if done is None:
-        return store.get_backfill(row.id) or row
+        return store.get_backfill(row.id, selection=False) or row
     log_event(
         logger,
         "backfill finished",
@@ -714,7 +714,7 @@ def cancel_tx(outbox: Outbox, backfill_id: int, now: datetime) -> BackfillRow:
         )
     )
     log_event(logger, "backfill canceled", backfill_id=str(backfill_id), pending_canceled=canceled)
-    return updated
+    return get_tx(backfill_id)
 
 
 @dataclass(frozen=True)
@@ -751,8 +751,8 @@ def cancel_runs_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, now: date
             if run.state == runs.RUNNING and run.cancel_requested:
                 continue
             lifecycle.cancel_tx(outbox, catalog, key.run_id, reason, now)
-    updated = _changes(outbox, micros(now)).apply().get(backfill_id) or get_tx(backfill_id)
-    return RunsCanceled(updated, skipped)
+    _changes(outbox, micros(now)).apply()
+    return RunsCanceled(get_tx(backfill_id), skipped)
 
 
 def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], now: datetime) -> BackfillRow:
@@ -800,7 +800,7 @@ def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], no
         )
     )
     log_event(logger, "backfill reopened", backfill_id=str(backfill_id), keys=count)
-    return updated
+    return get_tx(backfill_id)
 
 
 def _retryable_listed(backfill_id: int, partition_keys: Sequence[str]) -> list[str]:

@@ -111,6 +111,9 @@ _BACKFILL_COLUMNS = (
     "trigger_kind, trigger_source_id, trigger_principal, create_time, end_time, update_time, total_count, "
     "pending_count, queued_count, running_count, succeeded_count, failed_count, canceled_count"
 )
+# The same without the selection (which may list a million keys): '' in its place. Counter
+# updates and the dispatcher read these.
+_BACKFILL_COLUMNS_BRIEF = _BACKFILL_COLUMNS.replace("selection", "''", 1)
 
 
 def _backfill(row: Sequence[Any]) -> BackfillRow:
@@ -251,8 +254,10 @@ def insert_plan(backfill_id: int, keys: Sequence[str], now: int) -> None:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def get_backfill(backfill_id: int) -> BackfillRow | None:
-    found = sql.rows(f"SELECT {_BACKFILL_COLUMNS} FROM backfill WHERE id = %s", (backfill_id,))
+def get_backfill(backfill_id: int, *, selection: bool = True) -> BackfillRow | None:
+    """The backfill; without `selection` its `selection` is '' (cheaper for large key lists)."""
+    columns = _BACKFILL_COLUMNS if selection else _BACKFILL_COLUMNS_BRIEF
+    found = sql.rows(f"SELECT {columns} FROM backfill WHERE id = %s", (backfill_id,))
     return _backfill(found[0]) if found else None
 
 
@@ -551,7 +556,8 @@ def apply_counts(
     added_in_flight_cap: int | None = None,
     held: int = 0,
 ) -> BackfillRow | None:
-    """Moves the counters by `deltas` (key state -> change) and returns the row after it.
+    """Moves the counters by `deltas` (key state -> change) and returns the row after it
+    (without its selection).
 
     `transition` (from states, to state) changes the state too, when it is one of the from
     states (`reopen` then clears end_time). `only_if_state` / `added_in_flight_cap` make the whole
@@ -581,7 +587,8 @@ def apply_counts(
         conditions.append("queued_count + running_count + %s <= max_concurrent_runs + %s")
         params.extend((added_in_flight_cap, held))
     found = sql.rows(
-        f"UPDATE backfill SET {', '.join(sets)} WHERE {' AND '.join(conditions)} RETURNING {_BACKFILL_COLUMNS}",
+        f"UPDATE backfill SET {', '.join(sets)} WHERE {' AND '.join(conditions)} "
+        f"RETURNING {_BACKFILL_COLUMNS_BRIEF}",
         params,
     )
     return _backfill(found[0]) if found else None
@@ -591,7 +598,7 @@ def finish(backfill_id: int, from_state: str, state: str, now: int) -> BackfillR
     """from_state -> a terminal `state` once no key is undecided (checked by the counters)."""
     found = sql.rows(
         "UPDATE backfill SET state = %s, end_time = %s, update_time = %s WHERE id = %s AND state = %s "
-        f"AND pending_count = 0 AND queued_count = 0 AND running_count = 0 RETURNING {_BACKFILL_COLUMNS}",
+        f"AND pending_count = 0 AND queued_count = 0 AND running_count = 0 RETURNING {_BACKFILL_COLUMNS_BRIEF}",
         (state, now, now, backfill_id, from_state),
     )
     return _backfill(found[0]) if found else None

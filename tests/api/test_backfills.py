@@ -384,6 +384,7 @@ def test_backfill_with_two_workers_retries_failures_cap_and_retry_backfill(
             backfill_pb2.RetryBackfillRequest(backfill_id=created.id, partition_keys=some)
         ).backfill
         assert reopened.state == S.BACKFILL_STATE_RUNNING and not reopened.HasField("end_time")
+        assert reopened.selection == ALL
         assert reopened.counts.pending == 2 and reopened.counts.failed == len(failed) - 2
         again = wait_for_state(backfill_stub, created.id, S.BACKFILL_STATE_COMPLETED_WITH_FAILURES)
         assert again.counts.failed == len(failed) - 2
@@ -447,7 +448,7 @@ def test_cancel_pending_queued_and_running_then_retry(
     canceling = backfill_stub.CancelBackfill(
         backfill_pb2.CancelBackfillRequest(backfill_id=created.id)
     ).backfill
-    assert canceling.state == S.BACKFILL_STATE_CANCELING
+    assert canceling.state == S.BACKFILL_STATE_CANCELING and canceling.selection == ALL
     assert counts_of(canceling) == {
         "total": 50,
         "pending": 0,
