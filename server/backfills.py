@@ -13,7 +13,17 @@ transaction (no awaits) except `plan_keys`' callers, which read first and write 
 - `run_changed_tx` is the lifecycle hook: every transition of a run (claim, retry, release,
   end) moves the key(s) whose current run it is, in the same transaction, and finishes the
   backfill once no key is undecided.
-- `cancel_tx`, `retry_tx`: CancelBackfill and RetryBackfill.
+- `cancel_tx` then `cancel_runs_tx` (CancelBackfill, two transactions), `retry_tx`
+  (RetryBackfill).
+
+Locks (PostgreSQL; SQLite has one writer), so that no two transactions wait for each other
+in a cycle: dispatch, cancel and retry first take a per-backfill advisory lock (they change the
+plan; run transitions never take it); a run transition locks its run, then its keys; the
+dispatcher locks PENDING keys (no run has them), creates its runs before it writes partition
+state, and never waits for an existing run — adoption and cancel skip a run another
+transaction holds (CompleteRun writes partition state before it locks its run); the backfill
+row (its counters) is written last, at the end of the transaction through
+`Outbox.before_flush`, then the event log.
 
 Every event a transition writes for a backfill carries, in its `data`, the backfill's state
 and counts right after it (`{"backfill": {...}}`); WatchBackfill sends those with the event.
