@@ -758,11 +758,30 @@ def cancel_runs_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, now: date
             if run is None:
                 skipped += 1
                 continue
+            if run.backfill_id != backfill_id:
+                _detach(outbox, row, key, run, micros(now))
+                continue
             if run.state == runs.RUNNING and run.cancel_requested:
                 continue
             lifecycle.cancel_tx(outbox, catalog, key.run_id, reason, now)
     _changes(outbox, micros(now)).apply()
     return RunsCanceled(get_tx(backfill_id), skipped)
+
+
+def _detach(outbox: Outbox, row: BackfillRow, key: KeyRow, run: Run, now_us: int) -> None:
+    """A canceled backfill's key that had adopted someone else's run (a manual run or another
+    backfill's): the key is canceled, the run goes on for its owner."""
+    if run.state not in runs.IN_FLIGHT or not store.move_key(key, store.CANCELED, 0, None, now_us):
+        return
+    event = _backfill_event(
+        row,
+        "CANCELED",
+        f"key {quote_key(key.partition_key)} canceled; run {run.id}, which it had adopted, goes on",
+        {},
+        key.partition_key,
+    )
+    outbox.add(event)
+    _changes(outbox, now_us).items.append(_Change(row.id, {key.state: -1, store.CANCELED: 1}, event))
 
 
 def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], now: datetime) -> BackfillRow:

@@ -896,3 +896,21 @@ def test_runs_held_for_upstream_data_do_not_fill_the_cap(
     with Workers(server.address, 2, lambda run: "ok"):
         done = wait_for_state(backfill_stub, created.id, S.BACKFILL_STATE_COMPLETED, timeout=30)
     assert done.counts.succeeded == 6
+
+
+def test_cancel_leaves_adopted_runs_to_their_owner(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    backfill_stub: backfill_pb2_grpc.BackfillServiceStub,
+    run_stub: run_pb2_grpc.RunServiceStub,
+) -> None:
+    register(workflow_stub, "regions", static(3))
+    manual = enqueue(run_stub, "regions", "k001")
+    created = create(backfill_stub, "regions", ALL)
+    wait_for(lambda: get(backfill_stub, created.id).counts.pending == 0, what="every key dispatched")
+    canceled = backfill_stub.CancelBackfill(
+        backfill_pb2.CancelBackfillRequest(backfill_id=created.id)
+    ).backfill
+    assert canceled.state == S.BACKFILL_STATE_CANCELED and canceled.counts.canceled == 3
+    # The backfill's own runs are canceled; the manual run it had adopted goes on.
+    assert run_stub.GetRun(run_pb2.GetRunRequest(run_id=manual.id)).run.state == run_pb2.RUN_STATE_QUEUED
+    assert {r.state for r in backfill_runs(run_stub, created.id)} == {run_pb2.RUN_STATE_CANCELED}
