@@ -8,8 +8,11 @@ Semantics chosen where the contract leaves room:
 - Explicit keys come back in definition order; a duplicate is a violation like a bad key.
 - A selection with no keys (e.g. `missing` when nothing is missing) creates a backfill that is
   COMPLETED at once.
-- CancelBackfill of a canceling or canceled backfill returns it unchanged; of a completed one
-  it is FAILED_PRECONDITION (BACKFILL_FINISHED).
+- CancelBackfill cancels pending keys and the backfill's queued runs, asks its running runs to
+  stop, and answers CANCELING (CANCELED once none is left). A key that adopted someone else's
+  run in flight (a manual run, another backfill's) is canceled without touching that run.
+  Canceling a canceling or canceled backfill returns it as it is (stopping runs a crash left);
+  a completed one is FAILED_PRECONDITION (BACKFILL_FINISHED).
 - RetryBackfill: a listed key the backfill does not have is INVALID_ARGUMENT; a listed key that
   is not FAILED or CANCELED is FAILED_PRECONDITION (KEY_NOT_RETRYABLE), both with a violation
   per key; nothing to retry is FAILED_PRECONDITION (NOTHING_TO_RETRY); a canceling backfill
