@@ -1,4 +1,4 @@
-"""Server-side commands: `partita serve`, `migrate`, `schema-version`, `backfill-keys`.
+"""Server-side commands: `partita serve`, `migrate`, `schema-version`, `backfill-keys`, `gc`.
 
 They work on the database directly (or run the server) and need no `--server`; the
 implementations are in server/cli.py, imported only when one of these commands runs.
@@ -75,4 +75,17 @@ def backfill_keys(database: str, workflow: str, from_parameter: str, dry_run: bo
         raise _usage_error(error) from None
 
 
-COMMANDS = (serve, migrate, schema_version, backfill_keys)
+@click.command("gc")
+@click.option("--database", default=DEFAULT_DATABASE, metavar="URL", show_default=True)
+@click.option("--dry-run", is_flag=True, help="count what retention would delete, delete nothing")
+def gc(database: str, dry_run: bool) -> None:
+    """Apply every workflow's retention policy now (offline; the server also does it in the background)."""
+    from server.retention import main as retention_main
+
+    try:
+        _done(retention_main(["--database", database, *(["--dry-run"] if dry_run else [])]))
+    except ValueError as error:
+        raise _usage_error(error) from None
+
+
+COMMANDS = (serve, migrate, schema_version, backfill_keys, gc)

@@ -9,7 +9,7 @@
     partita watch [WORKFLOW]                         tail run events (resumable with --after)
     partita discover ASSET --exec CMD                add discovered dynamic partitions
     partita worker --workflow SLUG --exec CMD        a generic worker running a command per run
-    partita serve|migrate|schema-version|backfill-keys   the server and offline database tools
+    partita serve|migrate|schema-version|backfill-keys|gc   the server and offline database tools
 
 Exit codes: 0 success, 1 a failed call or command (`partita: ...` on stderr), 2 bad usage,
 130 interrupted.

@@ -25,7 +25,7 @@ from tests.harness import RunningServer
 
 def gc(database_url: str, *extra: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "server.retention", "--database", database_url, *extra],
+        [sys.executable, "-m", "cli.main", "gc", "--database", database_url, *extra],
         capture_output=True,
         text=True,
         timeout=120,
