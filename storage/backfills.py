@@ -349,15 +349,34 @@ _HELD = (
 )
 
 
-def dispatchable(limit: int = 1000) -> list[tuple[int, int]]:
+# A backfill is refilled once this share of its cap is free (or every pending key fits, or no
+# run of it is ready to claim): one dispatch transaction then queues several runs rather than
+# one per completion, while workers still find runs to claim.
+REFILL_SHARE = 4
+
+# Keys of a backfill whose queued run a worker could claim now (not held, not waiting to retry).
+_CLAIMABLE = (
+    "(SELECT COUNT(*) FROM backfill_partition p JOIN run r ON r.id = p.run_id "
+    "WHERE p.backfill_id = backfill.id AND p.state = 'QUEUED' AND r.state = 'QUEUED' AND r.hold_reason = '' "
+    "AND (r.next_attempt_time IS NULL OR r.next_attempt_time <= %s))"
+)
+
+
+def dispatchable(now: int, limit: int = 1000) -> list[tuple[int, int]]:
     """(backfill id, free slots) of RUNNING backfills with pending keys and room under their cap
-    (runs held for upstream data take no slot), oldest first."""
+    worth a dispatch now (runs held for upstream data take no slot), oldest first."""
     found = sql.rows(
-        f"SELECT id, max_concurrent_runs - queued_count - running_count + {_HELD} FROM backfill "
-        "WHERE state = 'RUNNING' AND pending_count > 0 "
-        f"ORDER BY id LIMIT {int(limit)}"
+        f"SELECT id, max_concurrent_runs, queued_count, running_count, pending_count, {_HELD}, {_CLAIMABLE} "
+        f"FROM backfill WHERE state = 'RUNNING' AND pending_count > 0 ORDER BY id LIMIT {int(limit)}",
+        (now,),
     )
-    return [(int(backfill_id), int(free)) for backfill_id, free in found if free > 0]
+    ready: list[tuple[int, int]] = []
+    for backfill_id, cap, queued, running, pending, held, claimable in found:
+        free = int(cap) - int(queued) - int(running) + int(held)
+        refill_at = min(max(1, int(cap) // REFILL_SHARE), int(pending))
+        if free > 0 and (free >= refill_at or not claimable):
+            ready.append((int(backfill_id), free))
+    return ready
 
 
 def held_keys(backfill_id: int) -> int:

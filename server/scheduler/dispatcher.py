@@ -69,7 +69,9 @@ def leads(context: ServiceContext) -> bool:
 def _work_to_do(now_us: int) -> tuple[list[tuple[int, int]], list[int]]:
     """One read: backfills with keys to dispatch and room, and canceling ones whose runs a crash
     left unstopped (CancelBackfill stops them itself; this sweep waits SWEEP_AFTER for it)."""
-    return store.dispatchable(), store.canceling_with_runs_to_stop(now_us - int(SWEEP_AFTER * 1_000_000))
+    return store.dispatchable(now_us), store.canceling_with_runs_to_stop(
+        now_us - int(SWEEP_AFTER * 1_000_000)
+    )
 
 
 class BackfillDispatcher:
