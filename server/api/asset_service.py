@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -377,36 +379,21 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
     async def GetUpstreamPartitions(
         self, request: asset_pb2.GetUpstreamPartitionsRequest, context: grpc.aio.ServicerContext
     ) -> asset_pb2.GetUpstreamPartitionsResponse:
-        check_asset_id(request.asset_id)
-        limit = page_size(request.page_size, self.context.limits)
-        fingerprint = query_fingerprint(request, "as_of")
-        position = decode_page_token(request.page_token, fingerprint) or {}
-        as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), position.get("as_of"))
-        offset = int(position.get("offset", 0))
-
-        def read() -> asset_pb2.GetUpstreamPartitionsResponse:
-            definition = require_producer(self.context, request.asset_id)
-            slices, more = lineage.upstream_page(
-                self.context.catalog,
-                definition,
-                request.asset_id,
-                request.partition_key,
-                as_of,
-                offset,
-                limit,
-            )
-            response = asset_pb2.GetUpstreamPartitionsResponse(slices=slices)
-            if more:
-                response.next_page_token = PageToken(
-                    {"offset": offset + limit, "as_of": micros(as_of)}
-                ).encode(fingerprint)
-            return response
-
-        return await self.context.store.read(read)
+        slices, token = await self._lineage_page(request, lineage.upstream_page)
+        return asset_pb2.GetUpstreamPartitionsResponse(slices=slices, next_page_token=token)
 
     async def GetDownstreamPartitions(
         self, request: asset_pb2.GetDownstreamPartitionsRequest, context: grpc.aio.ServicerContext
     ) -> asset_pb2.GetDownstreamPartitionsResponse:
+        slices, token = await self._lineage_page(request, lineage.downstream_page)
+        return asset_pb2.GetDownstreamPartitionsResponse(slices=slices, next_page_token=token)
+
+    async def _lineage_page(
+        self,
+        request: asset_pb2.GetUpstreamPartitionsRequest | asset_pb2.GetDownstreamPartitionsRequest,
+        page: Callable[..., tuple[list[Any], bool]],
+    ) -> tuple[list[Any], str]:
+        """One page of a key's upstream or downstream slices, and the token of the next."""
         check_asset_id(request.asset_id)
         limit = page_size(request.page_size, self.context.limits)
         fingerprint = query_fingerprint(request, "as_of")
@@ -414,9 +401,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), position.get("as_of"))
         offset = int(position.get("offset", 0))
 
-        def read() -> asset_pb2.GetDownstreamPartitionsResponse:
+        def read() -> tuple[list[Any], str]:
             definition = require_producer(self.context, request.asset_id)
-            slices, more = lineage.downstream_page(
+            slices, more = page(
                 self.context.catalog,
                 definition,
                 request.asset_id,
@@ -425,12 +412,12 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
                 offset,
                 limit,
             )
-            response = asset_pb2.GetDownstreamPartitionsResponse(slices=slices)
-            if more:
-                response.next_page_token = PageToken(
-                    {"offset": offset + limit, "as_of": micros(as_of)}
-                ).encode(fingerprint)
-            return response
+            token = (
+                PageToken({"offset": offset + limit, "as_of": micros(as_of)}).encode(fingerprint)
+                if more
+                else ""
+            )
+            return slices, token
 
         return await self.context.store.read(read)
 
