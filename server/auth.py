@@ -194,9 +194,6 @@ class Principal:
     def may(self, permission: Permission) -> bool:
         return permission in ROLE_GRANTS[self.role]
 
-    def may_use_workflow(self, slug: str) -> bool:
-        return self.workflows is None or slug in self.workflows
-
 
 ANONYMOUS = Principal("anonymous", Role.ADMIN, source="anonymous")
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -16,28 +15,6 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
-
-
-class ManualClock:
-    """A clock that moves only when told to; thread-safe."""
-
-    def __init__(self, start: datetime) -> None:
-        if start.tzinfo is None:
-            raise ValueError("ManualClock needs an aware datetime")
-        self._now = start.astimezone(UTC)
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def set(self, instant: datetime) -> None:
-        with self._lock:
-            self._now = instant.astimezone(UTC)
-
-    def advance(self, delta: timedelta) -> None:
-        with self._lock:
-            self._now += delta
 
 
 # Test-only: `python -m server --clock-file PATH` (or this variable) makes the server's "now" the

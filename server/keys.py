@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from server.catalog import WorkflowDefinition
-from server.domain.errors import InvalidArgument, ResourceExhausted
+from server.domain.errors import InvalidArgument
 from server.domain.partitions import DynamicSpec, StaticSpec, check_key_syntax
 from storage import dynamic_partitions
 from storage.models import micros
@@ -68,12 +68,8 @@ def resolve_positions(
                 field,
                 f"{key!r} is not a registered key of dynamic asset {asset_id!r}; expected a key {expectation}",
             )
-        if spec.max_keys and dynamic_partitions.live_count(asset_id) >= spec.max_keys:
-            raise ResourceExhausted(
-                f"dynamic asset {asset_id!r} already has its maximum of {spec.max_keys} live keys",
-                reason="DYNAMIC_KEY_LIMIT",
-                metadata={"asset_id": asset_id, "max_keys": str(spec.max_keys)},
-            )
+        if spec.max_keys:  # counting live keys is a query: only when there is a cap
+            spec.check_capacity(dynamic_partitions.live_count(asset_id), 1, asset_id)
         positions[asset_id] = SlicePosition(dynamic_partitions.register(asset_id, key, micros(now)), None)
     return positions
 

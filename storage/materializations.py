@@ -27,10 +27,6 @@ def insert(new: NewMaterialization, now: int) -> Materialization:
     )[0]
 
 
-def of_run(run_id: int) -> list[Materialization]:
-    return list(Materialization.select().where(Materialization.run_id == run_id).order_by(Materialization.id))
-
-
 def latest(asset_id: str, partition_key: str) -> Materialization | None:
     """From the per-partition state row: one primary-key lookup, no history scan."""
     state = PartitionState.get_or_none(

@@ -37,12 +37,6 @@ def assets_by_id(asset_ids: Sequence[str]) -> dict[str, AssetRow]:
     return {row.asset_id: _asset_row(row) for row in rows}
 
 
-def assets_of_workflow(slug: str) -> list[AssetRow]:
-    return [
-        _asset_row(row) for row in Asset.select().where(Asset.workflow_slug == slug).order_by(Asset.asset_id)
-    ]
-
-
 def asset_has_history(asset_id: str, workflow_slug: str) -> bool:
     """Whether the asset has runs or materializations (a partitioning change would strand them)."""
     return bool(

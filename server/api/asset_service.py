@@ -21,7 +21,6 @@ from server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     ViolationCollector,
 )
 from server.domain.names import asset_id_violation
@@ -199,22 +198,11 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
 
         def add(outbox: Outbox) -> asset_pb2.AddDynamicPartitionsResponse:
             spec = self._dynamic_spec(request.asset_id)
-            if spec.key_pattern:
-                collector = ViolationCollector()
-                for index, key in enumerate(partition_keys):
-                    if not spec.accepts_on_first_use(key):
-                        collector.add(
-                            f"partition_keys[{index}]", f"{key!r} does not match {spec.key_pattern!r}"
-                        )
-                collector.raise_if_any("keys outside the dynamic definition's pattern")
+            spec.validate_new_keys(partition_keys)
             added = dynamic_partitions.revive_or_add(request.asset_id, partition_keys, now)
-            if spec.max_keys and dynamic_partitions.live_count(request.asset_id) > spec.max_keys:
-                raise ResourceExhausted(
-                    f"adding {len(added)} keys would exceed the {spec.max_keys} live keys dynamic asset "
-                    f"{request.asset_id!r} may have; nothing was added",
-                    reason="DYNAMIC_KEY_LIMIT",
-                    metadata={"asset_id": request.asset_id, "max_keys": str(spec.max_keys)},
-                )
+            if spec.max_keys:
+                live = dynamic_partitions.live_count(request.asset_id)
+                spec.check_capacity(live - len(added), len(added), request.asset_id)
             return asset_pb2.AddDynamicPartitionsResponse(added_partition_keys=added)
 
         return await once(

@@ -9,7 +9,6 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
-from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from partita.v1 import partitions_pb2, workflow_pb2
@@ -99,16 +98,6 @@ def to_json(message: Message) -> str:
 
 def from_json(text: str, message: Message) -> Message:
     return json_format.Parse(text, message)
-
-
-def struct_to_dict(value: Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
-
-
-def dict_to_struct(value: dict[str, Any]) -> Struct:
-    result = Struct()
-    result.update(value)
-    return result
 
 
 def dumps(value: Any) -> str:

@@ -19,7 +19,7 @@ Pure domain code: no I/O, no clock ("now" is always passed in).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -572,8 +572,3 @@ def freshness_rule(
     if not deadline_cron and not maximum_lag:
         return None
     return FreshnessRule(maximum_lag or timedelta(0), deadline_cron, timezone or "UTC")
-
-
-def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

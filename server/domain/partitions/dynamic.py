@@ -113,12 +113,12 @@ class DynamicSpec:
             seen[key] = i
         violations.raise_if_any("invalid partition keys")
 
-    def check_capacity(self, live_keys: int, adding: int) -> None:
+    def check_capacity(self, live_keys: int, adding: int, asset_id: str = "") -> None:
         """Raise ResourceExhausted when `adding` new keys would pass max_keys live keys."""
         if self.max_keys and live_keys + adding > self.max_keys:
             raise ResourceExhausted(
-                f"dynamic partitions are capped at max_keys={self.max_keys}: {live_keys} live, "
-                f"{adding} more requested",
-                reason="MAX_KEYS_EXCEEDED",
-                metadata={"max_keys": str(self.max_keys), "live_keys": str(live_keys)},
+                f"dynamic asset {asset_id!r} is capped at max_keys={self.max_keys}: {live_keys} live, "
+                f"{adding} more requested; nothing was added",
+                reason="DYNAMIC_KEY_LIMIT",
+                metadata={"asset_id": asset_id, "max_keys": str(self.max_keys), "live_keys": str(live_keys)},
             )
