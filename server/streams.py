@@ -271,6 +271,12 @@ class _Subscription:
         self.interrupted = True
         self._task = asyncio.get_running_loop().create_task(_swallow(self.interrupt(error)))
 
+    async def settle(self) -> None:
+        """Waits for the out-of-band end to land: a handler that returned before it would end
+        its RPC with OK instead of the interrupt's status."""
+        if self._task is not None:
+            await self._task
+
 
 async def _swallow(awaitable: Awaitable[object]) -> None:
     with contextlib.suppress(BaseException):
@@ -573,6 +579,7 @@ class EventFollower:
                         yield item.response
                         subscription.sending_since = 0.0
                         if subscription.interrupted:
+                            await subscription.settle()
                             return
                         cursor = item.sequence
                         last_sent = time.monotonic()
@@ -583,6 +590,7 @@ class EventFollower:
                         yield bookmark(cursor)
                         subscription.sending_since = 0.0
                         if subscription.interrupted:
+                            await subscription.settle()
                             return
                         last_sent = time.monotonic()
                     if cursor >= page.head and (self._base is None or cursor > self._head):
@@ -612,6 +620,7 @@ class EventFollower:
                         yield live.response
                         subscription.sending_since = 0.0
                         if subscription.interrupted:
+                            await subscription.settle()
                             return
                         last_sent = time.monotonic()
                     cursor = live.sequence
@@ -623,6 +632,7 @@ class EventFollower:
                         yield bookmark(cursor)
                         subscription.sending_since = 0.0
                         if subscription.interrupted:
+                            await subscription.settle()
                             return
                         last_sent = time.monotonic()
                     elif not self._closed:
