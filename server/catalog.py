@@ -47,6 +47,10 @@ class Catalog:
     def __init__(self) -> None:
         self._cache: dict[str, WorkflowDefinition] = {}
         self._lock = threading.Lock()
+        # asset id -> slugs of the workflows consuming it, as of a (count, newest update_time) of
+        # the workflow table: every registration, change or deletion moves one of the two.
+        self._readers: dict[str, tuple[str, ...]] = {}
+        self._readers_version: tuple[int, int] | None = None
 
     def workflow(self, slug: str) -> WorkflowDefinition | None:
         version = sql.scalar("SELECT update_time FROM workflow WHERE slug = %s", (slug,))
@@ -63,6 +67,24 @@ class Catalog:
         with self._lock:
             self._cache[slug] = definition
         return definition
+
+    def consumers_of(self, asset_id: str) -> list[WorkflowDefinition]:
+        """The workflows that consume `asset_id`, by slug."""
+        count, newest = sql.rows("SELECT count(*), coalesce(max(update_time), 0) FROM workflow")[0]
+        version = (int(count), int(newest))
+        with self._lock:
+            readers = self._readers if self._readers_version == version else None
+        if readers is None:
+            index: dict[str, set[str]] = {}
+            for (slug,) in sql.rows("SELECT slug FROM workflow"):
+                definition = self.workflow(slug)
+                for declared in definition.message.consumes if definition is not None else ():
+                    index.setdefault(declared.asset_id, set()).add(slug)
+            readers = {asset: tuple(sorted(slugs)) for asset, slugs in index.items()}
+            with self._lock:
+                self._readers, self._readers_version = readers, version
+        found = (self.workflow(slug) for slug in readers.get(asset_id, ()))
+        return [definition for definition in found if definition is not None]
 
     def producer_of(self, asset_id: str) -> WorkflowDefinition | None:
         slug = sql.scalar("SELECT workflow_slug FROM asset WHERE asset_id = %s", (asset_id,))

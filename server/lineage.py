@@ -71,7 +71,7 @@ from server.domain.partitions import (
 )
 from server.domain.partitions.keys import quote_key
 from server.partition_views import PartitionPage, status_counts
-from storage import dynamic_partitions, events, partition_state, runs, sql, workflows
+from storage import dynamic_partitions, events, partition_state, runs, sql
 from storage import lineage as store
 from storage.events import Outbox
 from storage.lineage import LineageRow, Target
@@ -214,10 +214,7 @@ def dependencies(catalog: Catalog, definition: WorkflowDefinition) -> list[Depen
 def consumers(catalog: Catalog, asset_id: str) -> list[Dependency]:
     """Every dependency on `asset_id`, of every workflow that consumes it."""
     found = []
-    for slug in sorted(workflows.workflows_mentioning(asset_id)):
-        definition = catalog.workflow(slug)
-        if definition is None:
-            continue
+    for definition in catalog.consumers_of(asset_id):
         for index, declared in enumerate(definition.message.consumes):
             if declared.asset_id == asset_id:
                 found.append(_dependency(catalog, definition, index))
@@ -1307,11 +1304,8 @@ def _check_consumers(
     catalog: Catalog, workflow: workflow_pb2.Workflow, produced_specs: dict[str, PartitionSpec | None]
 ) -> None:
     for asset_id, upstream_spec in sorted(produced_specs.items()):
-        for slug in sorted(workflows.workflows_mentioning(asset_id)):
-            if slug == workflow.slug:
-                continue
-            consumer = catalog.workflow(slug)
-            if consumer is None:
+        for consumer in catalog.consumers_of(asset_id):
+            if consumer.slug == workflow.slug:
                 continue
             for index, declared in enumerate(consumer.message.consumes):
                 if declared.asset_id != asset_id:
@@ -1332,11 +1326,11 @@ def _check_consumers(
                 )
                 if found:
                     raise FailedPrecondition(
-                        f"workflow {slug!r} reads asset {asset_id!r} with a mapping this definition makes "
+                        f"workflow {consumer.slug!r} reads asset {asset_id!r} with a mapping this definition makes "
                         f"impossible ({found[0].field}: {found[0].description}); change that workflow's "
                         "mapping first",
                         reason="PARTITION_MAPPING_MISMATCH",
-                        metadata={"asset_id": asset_id, "workflow_slug": slug},
+                        metadata={"asset_id": asset_id, "workflow_slug": consumer.slug},
                     )
 
 
@@ -1387,10 +1381,10 @@ def _plan(catalog: Catalog, workflow: workflow_pb2.Workflow, spec: PartitionSpec
     if spec_changed:
         plan.rebuild_consumers = sorted(
             {
-                slug
+                consumer.slug
                 for declaration in workflow.produces
-                for slug in workflows.workflows_mentioning(declaration.asset_id)
-                if slug != workflow.slug
+                for consumer in catalog.consumers_of(declaration.asset_id)
+                if consumer.slug != workflow.slug
             }
         )
     return plan

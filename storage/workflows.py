@@ -122,10 +122,3 @@ def count_assets(workflow_slug: str) -> int:
     if workflow_slug:
         query = query.where(Asset.workflow_slug == workflow_slug)
     return int(query.count())
-
-
-def workflows_mentioning(asset_id: str) -> list[str]:
-    """Slugs of workflows whose stored definition mentions `asset_id` (a superset of its
-    consumers: definitions are JSON text, so callers check the parsed definition)."""
-    candidates = Workflow.select(Workflow.slug).where(Workflow.definition.contains(f'"{asset_id}"'))
-    return [row.slug for row in candidates]

@@ -319,10 +319,7 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             asset.partitioning.CopyFrom(declaration.partitioning)
         if declaration.HasField("freshness_policy"):
             asset.freshness_policy.CopyFrom(declaration.freshness_policy)
-        for slug in workflows.workflows_mentioning(asset_id):
-            reader = self.context.catalog.workflow(slug)
-            if reader is None:
-                continue
+        for reader in self.context.catalog.consumers_of(asset_id):
             for dependency in reader.message.consumes:
                 if dependency.asset_id != asset_id:
                     continue

@@ -15,7 +15,6 @@ from partita.v1 import partitions_pb2, workflow_pb2
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.partitions import DynamicSpec, PartitionSpec, StaticSpec, TimeWindowSpec
 from server.domain.retry import RetryPolicy, resolve_retry_policy
-from storage.models import from_micros
 
 
 def prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
@@ -83,9 +82,9 @@ def retry_policy(policy: workflow_pb2.RetryPolicy | None) -> RetryPolicy:
 def timestamp(micros: int | None) -> Timestamp | None:
     if micros is None:
         return None
-    value = Timestamp()
-    value.FromDatetime(from_micros(micros))
-    return value
+    # Straight from the integer: Timestamp.FromDatetime costs microseconds on hot responses.
+    seconds, fraction = divmod(micros, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=fraction * 1_000)
 
 
 def instant(value: Timestamp) -> datetime:
