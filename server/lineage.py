@@ -1526,34 +1526,32 @@ def lineage_pass_tx(
             oldest,
         )
         cursor = oldest - 1
-    batch = [row for row in events.events_after(cursor, EVENT_BATCH)]
+    batch, reached = events.materialized_after(cursor, EVENT_BATCH)
     more = len(batch) == EVENT_BATCH
     consumers_of: dict[str, list[Dependency]] = {}
     requests: dict[tuple[str, str], tuple[str, str, int, str, str]] = {}
     recheck: dict[str, set[str] | None] = {}
-    for event in batch:
-        if event.type != "MATERIALIZED" or not event.asset_id:
-            continue
-        if event.asset_id not in consumers_of:
-            consumers_of[event.asset_id] = consumers(catalog, event.asset_id)
-        materialization_ids = json.loads(event.materialization_ids or "[]")
+    for _, asset_id, partition_key, ids_json in batch:
+        if asset_id not in consumers_of:
+            consumers_of[asset_id] = consumers(catalog, asset_id)
+        materialization_ids = json.loads(ids_json or "[]")
         materialization_id = int(materialization_ids[0]) if materialization_ids else 0
-        for dependency in consumers_of[event.asset_id]:
+        for dependency in consumers_of[asset_id]:
             downstream = dependency.downstream
             if not dependency.usable:
                 continue
             automated, waits = _automated(downstream), _waits(downstream)
             if not automated and not waits:
                 continue
-            keys = _automation_keys(dependency, event.partition_key, now)
+            keys = _automation_keys(dependency, partition_key, now)
             if automated:
                 for key in keys:
                     requests[(downstream.slug, key)] = (
                         downstream.slug,
                         key,
                         materialization_id,
-                        event.asset_id,
-                        event.partition_key,
+                        asset_id,
+                        partition_key,
                     )
             if waits:
                 found = recheck.setdefault(downstream.slug, set())
@@ -1562,8 +1560,7 @@ def lineage_pass_tx(
                         recheck[downstream.slug] = None
                     else:
                         found.update(keys)
-    if batch:
-        cursors.automation = int(batch[-1].sequence)
+    cursors.automation = max(cursors.automation, reached)
     if cursors.automation > stored and (requests or recheck or cursors.due(cursors.automation - stored)):
         store.set_cursor("automation", cursors.automation)
         cursors.stored_at = time.monotonic()

@@ -94,7 +94,9 @@ def record_materializations(
                 artifacts=convert.dumps(
                     [json_format.MessageToDict(a, preserving_proto_field_name=True) for a in asset.artifacts]
                 ),
-                payload=json_format.MessageToJson(asset.payload, indent=None),
+                payload=json_format.MessageToJson(asset.payload, indent=None)
+                if asset.payload.fields
+                else "{}",
                 inputs=inputs,
             ),
             now_us,

@@ -29,6 +29,10 @@ EVENT_ORDER_LOCK = 0x7061727469746132
 EVENTS_CHANNEL = "partita_events"
 
 
+# One encoder for every event: json.dumps with options builds a new one each time.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 @dataclass
 class NewEvent:
     type: str
@@ -96,7 +100,7 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
                 event.progress,
                 event.message,
                 json.dumps(list(event.materialization_ids)),
-                json.dumps(event.data, separators=(",", ":")),
+                _COMPACT.encode(event.data),
             ),
         ).fetchone()
         sequences.append(int(row[0]))
@@ -116,10 +120,23 @@ def oldest_sequence() -> int:
     return int(sql.scalar("SELECT MIN(sequence) FROM run_event") or 0)
 
 
-def events_after(after_sequence: int, limit: int) -> list[RunEvent]:
-    return sql.select_models(
-        RunEvent, "sequence > %s", (after_sequence,), f"ORDER BY sequence LIMIT {int(limit)}"
-    )
+def materialized_after(after_sequence: int, limit: int) -> tuple[list[tuple[int, str, str, str]], int]:
+    """MATERIALIZED events of an asset after `after_sequence`, as (sequence, asset_id,
+    partition_key, materialization_ids JSON), and how far the scan got: the last one returned
+    when `limit` cut it short, else the head of the log (the head is read first, so nothing
+    committed between the two reads is passed over)."""
+    head = head_sequence()
+    found = [
+        (int(sequence), asset_id, partition_key, ids)
+        for sequence, asset_id, partition_key, ids in sql.rows(
+            "SELECT sequence, asset_id, partition_key, materialization_ids FROM run_event "
+            "WHERE sequence > %s AND sequence <= %s AND type = 'MATERIALIZED' AND asset_id <> '' "
+            f"ORDER BY sequence LIMIT {int(limit)}",
+            (after_sequence, head),
+        )
+    ]
+    reached = found[-1][0] if len(found) == limit else max(head, after_sequence)
+    return found, reached
 
 
 @dataclass(frozen=True)

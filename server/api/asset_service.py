@@ -465,8 +465,11 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
 
         def report(outbox: Outbox) -> asset_pb2.ReportMaterializationsResponse:
             by_workflow: dict[str, tuple[WorkflowDefinition, list[int]]] = {}
+            producers: dict[str, WorkflowDefinition | None] = {}
             for index, item in enumerate(request.materializations):
-                definition = self.context.catalog.producer_of(item.asset_id)
+                if item.asset_id not in producers:
+                    producers[item.asset_id] = self.context.catalog.producer_of(item.asset_id)
+                definition = producers[item.asset_id]
                 if definition is None:
                     raise NotFound(
                         f"materializations[{index}].asset_id: asset {item.asset_id!r} does not exist",

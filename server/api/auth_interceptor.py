@@ -21,9 +21,8 @@ by the run lookup are mapped like the servicers' own.
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -34,6 +33,7 @@ from grpc_status import rpc_status
 
 from server.api.context import ServiceContext
 from server.api.errors import build_status
+from server.api.interceptors import Behavior, WrappingInterceptor
 from server.auth import (
     ANONYMOUS,
     CLAIM_METHOD,
@@ -49,9 +49,6 @@ from server.domain.errors import InvalidArgument
 from server.limits import RateLimiter, StreamSlots, check_request
 from server.logging import log_event
 from storage import runs
-
-Behavior = Callable[[Any, Any], Any]
-Continuation = Callable[[Any], Awaitable[Any]]
 
 logger = logging.getLogger("partita.auth")
 
@@ -106,40 +103,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(WrappingInterceptor):
     def __init__(self, context: ServiceContext, registry: TokenRegistry | None = None) -> None:
+        super().__init__()
         self.context = context
         self.registry = registry if registry is not None and registry.enabled else None
         limits = context.limits
         self.rate = RateLimiter(limits.rate_limit_per_second, limits.rate_limit_burst)
         self.streams = StreamSlots(limits.max_streams_per_principal)
 
-    async def intercept_service(self, continuation: Continuation, handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or is_open(method) or handler.request_streaming:
-            return handler
-        if not handler.response_streaming:
-            behavior = handler.unary_unary
-            if not inspect.iscoroutinefunction(behavior):
-                return handler
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_call(method, behavior, stream=False),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        behavior = handler.unary_stream
-        if inspect.isasyncgenfunction(behavior):
-            wrapped: Behavior = self._wrap_stream(method, behavior)
-        elif inspect.iscoroutinefunction(behavior):
-            wrapped = self._wrap_call(method, behavior, stream=True)
-        else:
-            return handler
-        return grpc.unary_stream_rpc_method_handler(
-            wrapped,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+    def _passes(self, method: str) -> bool:
+        return is_open(method)
+
+    def _deserializer(self, handler: Any) -> Any:
+        return _tolerant(handler.request_deserializer)
 
     def _wrap_call(self, method: str, behavior: Behavior, *, stream: bool) -> Behavior:
         async def call(request: Any, context: Any) -> Any:

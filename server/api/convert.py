@@ -99,5 +99,9 @@ def from_json(text: str, message: Message) -> Message:
     return json_format.Parse(text, message)
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _COMPACT.encode(value)

@@ -27,54 +27,69 @@ Continuation = Callable[[Any], Awaitable[Any]]
 logger = logging.getLogger("partita.api.requests")
 
 
-def _rebuild(
-    handler: Any, *, unary_unary: Behavior | None = None, unary_stream: Behavior | None = None
-) -> Any:
-    if unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return grpc.unary_stream_rpc_method_handler(
-        unary_stream,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Rewraps async unary-unary and unary-stream handlers with `_wrap_call` / `_wrap_stream`.
 
+    The wrapped handler is built once per method and reused while the inner handler is the
+    same object: building it per call cost a noticeable share of each RPC."""
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Rewraps async unary-unary and unary-stream handlers with `_wrap_call` / `_wrap_stream`."""
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation: Continuation, handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
         method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap_handler(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap_handler(self, method: str, handler: Any) -> Any:
+        if handler is None or handler.request_streaming or self._passes(method):
+            return handler
         if not handler.response_streaming:
             behavior = handler.unary_unary
-            if inspect.iscoroutinefunction(behavior):
-                return _rebuild(handler, unary_unary=self._wrap_call(method, behavior))
-            return handler
+            if not inspect.iscoroutinefunction(behavior):
+                return handler
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_call(method, behavior, stream=False),
+                request_deserializer=self._deserializer(handler),
+                response_serializer=handler.response_serializer,
+            )
         behavior = handler.unary_stream
         if inspect.isasyncgenfunction(behavior):
-            return _rebuild(handler, unary_stream=self._wrap_stream(method, behavior))
-        if inspect.iscoroutinefunction(behavior):
+            wrapped: Behavior = self._wrap_stream(method, behavior)
+        elif inspect.iscoroutinefunction(behavior):
             # A reader/writer stream handler: a coroutine that calls context.write().
-            return _rebuild(handler, unary_stream=self._wrap_call(method, behavior))
-        return handler
+            wrapped = self._wrap_call(method, behavior, stream=True)
+        else:
+            return handler
+        return grpc.unary_stream_rpc_method_handler(
+            wrapped,
+            request_deserializer=self._deserializer(handler),
+            response_serializer=handler.response_serializer,
+        )
 
-    def _wrap_call(self, method: str, behavior: Behavior) -> Behavior:
+    def _passes(self, method: str) -> bool:
+        """Whether `method` goes through unwrapped."""
+        return False
+
+    def _deserializer(self, handler: Any) -> Any:
+        return handler.request_deserializer
+
+    def _wrap_call(self, method: str, behavior: Behavior, *, stream: bool) -> Behavior:
         raise NotImplementedError
 
     def _wrap_stream(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
 
 
-class ErrorMappingInterceptor(_WrappingInterceptor):
+class ErrorMappingInterceptor(WrappingInterceptor):
     """Turns anything a servicer raises into a status (see server/api/errors.py)."""
 
-    def _wrap_call(self, method: str, behavior: Behavior) -> Behavior:
+    def _wrap_call(self, method: str, behavior: Behavior, *, stream: bool) -> Behavior:
         async def call(request: Any, context: Any) -> Any:
             try:
                 return await behavior(request, context)
@@ -112,10 +127,11 @@ def _final_code(context: Any) -> str:
     return "UNKNOWN"
 
 
-class MetricsInterceptor(_WrappingInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts every finished RPC and its latency by (method, code), and logs it at DEBUG."""
 
     def __init__(self, registry: MetricsRegistry) -> None:
+        super().__init__()
         self.registry = registry
 
     def _finish(self, method: str, code: str, started: float) -> None:
@@ -130,7 +146,7 @@ class MetricsInterceptor(_WrappingInterceptor):
             duration_ms=round(elapsed * 1000, 3),
         )
 
-    def _wrap_call(self, method: str, behavior: Behavior) -> Behavior:
+    def _wrap_call(self, method: str, behavior: Behavior, *, stream: bool) -> Behavior:
         async def call(request: Any, context: Any) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN.name
