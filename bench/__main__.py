@@ -1,7 +1,8 @@
 """`make bench`: runs every benchmark module and prints one JSON document.
 
 Each module under `bench/` exposes `run() -> list[dict]` with entries
-`{"name", "value", "unit", "goal", "goal_met"}`. The document names the machine the figures
+`{"name", "value", "unit", "goal", "goal_met"}` (goal and goal_met null for figures given
+for context: the load a benchmark applied, or a capacity no goal names). The document names the machine the figures
 come from; this kind of machine is small and noisy, so compare ratios within one run.
 A full run (no module named) also writes `bench/results.json` and the table `bench/REPORT.md`.
 """
@@ -81,10 +82,9 @@ def report(document: dict[str, Any]) -> str:
             lines.append(f"| {module} | — | — | — | — | {reason} |")
             continue
         for item in outcome["results"]:
-            met = "yes" if item["goal_met"] else "**no**"
-            lines.append(
-                f"| {module} | {item['name']} | {item['value']} | {item['unit']} | {item['goal']} | {met} |"
-            )
+            met = {True: "yes", False: "**no**", None: "(context)"}[item["goal_met"]]
+            goal = "—" if item["goal"] is None else item["goal"]
+            lines.append(f"| {module} | {item['name']} | {item['value']} | {item['unit']} | {goal} | {met} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,9 +11,10 @@ from tests.harness import RunningServer, start_server
 
 
 def entry(
-    name: str, value: float, unit: str, goal: float, higher_is_better: bool = False
+    name: str, value: float, unit: str, goal: float | None, higher_is_better: bool = False
 ) -> dict[str, object]:
-    met = value >= goal if higher_is_better else value <= goal
+    """One figure; `goal` None marks a figure reported for context (a load applied, a capacity)."""
+    met = None if goal is None else value >= goal if higher_is_better else value <= goal
     return {"name": name, "value": round(value, 3), "unit": unit, "goal": goal, "goal_met": met}
 
 
