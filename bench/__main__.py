@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "lineage")
+MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "lineage", "dagster")
 HERE = Path(__file__).resolve().parent
 
 
@@ -81,10 +81,16 @@ def report(document: dict[str, Any]) -> str:
             lines.append(f"| {module} | — | — | — | — | {reason} |")
             continue
         for item in outcome["results"]:
-            met = "yes" if item["goal_met"] else "**no**"
-            lines.append(
-                f"| {module} | {item['name']} | {item['value']} | {item['unit']} | {item['goal']} | {met} |"
-            )
+            value, unit, goal = item["value"], item["unit"], item["goal"]
+            if item.get("peer"):  # a side-by-side figure: the peer's version
+                unit = f"{unit} ({item['peer']})"
+            if "skipped" in item:
+                value, met = "—", f"skipped: {item['skipped']}"
+            elif goal is None:  # a figure reported without a goal (e.g. a ratio to a peer)
+                goal, met = "", ""
+            else:
+                met = "yes" if item["goal_met"] else "**no**"
+            lines.append(f"| {module} | {item['name']} | {value} | {unit} | {goal} | {met} |")
     return "\n".join(lines) + "\n"
 
 
