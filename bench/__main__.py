@@ -81,13 +81,15 @@ def report(document: dict[str, Any]) -> str:
             lines.append(f"| {module} | — | — | — | — | {reason} |")
             continue
         for item in outcome["results"]:
-            value, unit, goal = item["value"], item["unit"], item["goal"]
+            value, unit = item["value"], item["unit"]
+            goal = "" if item["goal"] is None else item["goal"]  # e.g. a ratio to a peer has none
             if item.get("peer"):  # a side-by-side figure: the peer's version
                 unit = f"{unit} ({item['peer']})"
             if "skipped" in item:
-                value, met = "—", f"skipped: {item['skipped']}"
-            elif goal is None:  # a figure reported without a goal (e.g. a ratio to a peer)
-                goal, met = "", ""
+                reason = " ".join(str(item["skipped"]).split()).replace("|", "/")
+                value, met = "—", f"skipped: {reason}"
+            elif item["goal"] is None:
+                met = ""
             else:
                 met = "yes" if item["goal_met"] else "**no**"
             lines.append(f"| {module} | {item['name']} | {value} | {unit} | {goal} | {met} |")
