@@ -1,8 +1,7 @@
 """`make bench`: runs every benchmark module and prints one JSON document.
 
 Each module under `bench/` exposes `run() -> list[dict]` with entries
-`{"name", "value", "unit", "goal", "goal_met"}` (goal and goal_met null for figures given
-for context: the load a benchmark applied, or a capacity no goal names). The document names the machine the figures
+`{"name", "value", "unit", "goal", "goal_met"}`. The document names the machine the figures
 come from; this kind of machine is small and noisy, so compare ratios within one run.
 A full run (no module named) also writes `bench/results.json` and the table `bench/REPORT.md`.
 """
@@ -20,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "lineage")
+MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "lineage", "dagster")
 HERE = Path(__file__).resolve().parent
 
 
@@ -82,9 +81,18 @@ def report(document: dict[str, Any]) -> str:
             lines.append(f"| {module} | — | — | — | — | {reason} |")
             continue
         for item in outcome["results"]:
-            met = {True: "yes", False: "**no**", None: "(context)"}[item["goal_met"]]
-            goal = "—" if item["goal"] is None else item["goal"]
-            lines.append(f"| {module} | {item['name']} | {item['value']} | {item['unit']} | {goal} | {met} |")
+            value, unit = item["value"], item["unit"]
+            goal = "" if item["goal"] is None else item["goal"]  # e.g. a ratio to a peer has none
+            if item.get("peer"):  # a side-by-side figure: the peer's version
+                unit = f"{unit} ({item['peer']})"
+            if "skipped" in item:
+                reason = " ".join(str(item["skipped"]).split()).replace("|", "/")
+                value, met = "—", f"skipped: {reason}"
+            elif item["goal"] is None:
+                met = ""
+            else:
+                met = "yes" if item["goal_met"] else "**no**"
+            lines.append(f"| {module} | {item['name']} | {value} | {unit} | {goal} | {met} |")
     return "\n".join(lines) + "\n"
 
 

@@ -53,19 +53,25 @@ def _hourly() -> partitions_pb2.PartitionsDefinition:
 
 def _create_plan(channel: grpc.Channel) -> float:
     """Seconds for one CreateBackfill of PLAN_KEYS hourly keys (2010-01-01 00:00 onwards)."""
-    stub = backfill_pb2_grpc.BackfillServiceStub(channel)
     last_key = "2021-05-29-15:00"  # the 100,000th hour from 2010-01-01-00:00
+    return create_range_backfill(channel, "hourly", "2010-01-01-00:00", last_key, PLAN_KEYS)
+
+
+def create_range_backfill(channel: grpc.Channel, slug: str, start_key: str, end_key: str, keys: int) -> float:
+    """Seconds for one CreateBackfill of the keys `start_key`..`end_key` (inclusive) of `slug`,
+    which must be `keys` keys."""
+    stub = backfill_pb2_grpc.BackfillServiceStub(channel)
     request = backfill_pb2.CreateBackfillRequest(
-        workflow_slug="hourly",
+        workflow_slug=slug,
         selection=partitions_pb2.PartitionSelection(
-            range=partitions_pb2.PartitionRange(start_key="2010-01-01-00:00", end_key=last_key)
+            range=partitions_pb2.PartitionRange(start_key=start_key, end_key=end_key)
         ),
         max_concurrent_runs=1,
     )
     started = time.perf_counter()
     created = stub.CreateBackfill(request, timeout=60).backfill
     elapsed = time.perf_counter() - started
-    assert created.counts.total == PLAN_KEYS, created.counts
+    assert created.counts.total == keys, created.counts
     return elapsed
 
 

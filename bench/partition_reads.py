@@ -104,6 +104,39 @@ def _median_ms(call: Callable[[], object], repeat: int = 7) -> float:
     return statistics.median(samples)
 
 
+def report_in_batches(
+    assets: asset_pb2_grpc.AssetServiceStub, asset_id: str, keys: list[str], per_call: int = 1000
+) -> None:
+    """Records a materialization of each key with ReportMaterializations, `per_call` per call."""
+    for offset in range(0, len(keys), per_call):
+        assets.ReportMaterializations(
+            asset_pb2.ReportMaterializationsRequest(
+                materializations=[
+                    asset_pb2.ResultAsset(asset_id=asset_id, partition_key=key)
+                    for key in keys[offset : offset + per_call]
+                ]
+            )
+        )
+
+
+def count_all_pages(
+    assets: asset_pb2_grpc.AssetServiceStub, asset_id: str, as_of: Timestamp, page_size: int = 1000
+) -> int:
+    """Reads every ListPartitions page of `asset_id` (each key with its status); the keys seen."""
+    token = ""
+    seen = 0
+    while True:
+        page = assets.ListPartitions(
+            asset_pb2.ListPartitionsRequest(
+                asset_id=asset_id, as_of=as_of, page_size=page_size, page_token=token
+            )
+        )
+        seen += len(page.partitions)
+        token = page.next_page_token
+        if not token:
+            return seen
+
+
 async def _report_one_per_call(address: str, keys: list[str]) -> float:
     channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
     stubs = [asset_pb2_grpc.AssetServiceStub(channel) for channel in channels]
@@ -185,18 +218,7 @@ def run() -> list[dict[str, object]]:
         small_as_of.FromDatetime(START + timedelta(hours=10_000))
 
         def all_pages() -> None:
-            token = ""
-            seen = 0
-            while True:
-                page = assets.ListPartitions(
-                    asset_pb2.ListPartitionsRequest(
-                        asset_id="small/out", as_of=small_as_of, page_size=1000, page_token=token
-                    )
-                )
-                seen += len(page.partitions)
-                token = page.next_page_token
-                if not token:
-                    break
+            seen = count_all_pages(assets, "small/out", small_as_of)
             assert seen == 10_000, seen
 
         results.append(entry("list_partitions_10k_all_pages", _median_ms(all_pages, repeat=3), "ms", 100))
@@ -215,15 +237,7 @@ def run() -> list[dict[str, object]]:
 
         keys = [(START + timedelta(hours=i)).strftime("%Y-%m-%d-%H:%M") for i in range(10_000)]
         started = time.perf_counter()
-        for offset in range(0, len(keys), 1000):
-            assets.ReportMaterializations(
-                asset_pb2.ReportMaterializationsRequest(
-                    materializations=[
-                        asset_pb2.ResultAsset(asset_id="report/out", partition_key=key)
-                        for key in keys[offset : offset + 1000]
-                    ]
-                )
-            )
+        report_in_batches(assets, "report/out", keys)
         results.append(
             entry("report_10k_materializations_1000_per_call", time.perf_counter() - started, "s", 1)
         )
