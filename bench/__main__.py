@@ -1,7 +1,8 @@
 """`make bench`: runs every benchmark module and prints one JSON document.
 
 Each module under `bench/` exposes `run() -> list[dict]` with entries
-`{"name", "value", "unit", "goal", "goal_met"}`. The document names the machine the figures
+`{"name", "value", "unit", "goal", "goal_met"}` (goal and goal_met null for figures given
+for context: the load a benchmark applied, a capacity no goal names, a ratio to a peer). The document names the machine the figures
 come from; this kind of machine is small and noisy, so compare ratios within one run.
 A full run (no module named) also writes `bench/results.json` and the table `bench/REPORT.md`.
 """
