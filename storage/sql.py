@@ -38,6 +38,7 @@ def scalar(query: str, params: Sequence[Any] = ()) -> Any:
 
 
 _COLUMNS: dict[type[pw.Model], tuple[str, ...]] = {}
+_FIELD_NAMES: dict[type[pw.Model], tuple[str, ...]] = {}
 
 M = TypeVar("M", bound=pw.Model)
 
@@ -56,7 +57,22 @@ def column_list(model: type[pw.Model]) -> str:
 
 
 def to_model(model: type[M], row: Sequence[Any]) -> M:
-    return model(**dict(zip(columns(model), row, strict=True)))
+    """A model instance over a row in `columns(model)` order, built the way peewee builds the
+    rows it reads (no defaults, nothing dirty) but without its per-field setattr: on pages of
+    thousands of rows that was a third of the read."""
+    instance = model.__new__(model)
+    vars(instance).update(
+        {"__data__": dict(zip(_field_names(model), row, strict=True)), "_dirty": set(), "__rel__": {}}
+    )
+    return instance
+
+
+def _field_names(model: type[pw.Model]) -> tuple[str, ...]:
+    found = _FIELD_NAMES.get(model)
+    if found is None:
+        found = tuple(field.name for field in model._meta.sorted_fields)
+        _FIELD_NAMES[model] = found
+    return found
 
 
 def select_models(model: type[M], condition: str, params: Sequence[Any] = (), suffix: str = "") -> list[M]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -48,19 +49,20 @@ def materialization_message(row: Materialization) -> asset_pb2.Materialization:
         asset_id=row.asset_id,
         partition_key=row.partition_key,
         run_id=str(row.run_id) if row.run_id is not None else "",
-        artifacts=[
-            json_format.ParseDict(item, asset_pb2.Artifact()) for item in json.loads(row.artifacts or "[]")
-        ],
-        inputs=[
-            json_format.ParseDict(item, asset_pb2.MaterializationInput())
-            for item in json.loads(row.inputs or "[]")
-        ],
+        create_time=convert.timestamp(row.create_time),
     )
-    message.payload.update(json.loads(row.payload or "{}"))
-    created = convert.timestamp(row.create_time)
-    if created is not None:
-        message.create_time.CopyFrom(created)
+    for item in _stored_json(row.artifacts, "[]"):
+        message.artifacts.append(json_format.ParseDict(item, asset_pb2.Artifact()))
+    for item in _stored_json(row.inputs, "[]"):
+        message.inputs.append(json_format.ParseDict(item, asset_pb2.MaterializationInput()))
+    if payload := _stored_json(row.payload, "{}"):
+        message.payload.update(payload)
     return message
+
+
+def _stored_json(text: str | None, empty: str) -> Any:
+    """The JSON column's value; the common empty one without parsing (pages hold thousands)."""
+    return json.loads(text) if text and text != empty else ()
 
 
 def event_message(row: RunEvent) -> run_pb2.RunEvent:
