@@ -98,6 +98,9 @@ class WatchSettings:
     buffer_events: int = 10_000
     batch_size: int = 1_000
     poll_interval: float = 1.0
+    # Least time between two reads of the log: under a stream of small commits one read takes
+    # several of them, at the cost of at most this much delivery latency.
+    read_gap: float = 0.005
     bookmark_interval: float = 10.0
     stall_timeout: float = 30.0
     # Retention: events older than `retention` (None: kept forever) and events beyond the newest
@@ -445,6 +448,7 @@ class EventFollower:
                 try:
                     await self._catch_up(store)
                     failures = 0
+                    await asyncio.sleep(self.settings.read_gap)
                 except Exception as error:
                     failures += 1
                     log_event(logger, "event follower read failed", level=logging.WARNING, error=repr(error))
