@@ -129,3 +129,12 @@ def workflows_mentioning(asset_id: str) -> list[str]:
     consumers: definitions are JSON text, so callers check the parsed definition)."""
     candidates = Workflow.select(Workflow.slug).where(Workflow.definition.contains(f'"{asset_id}"'))
     return [row.slug for row in candidates]
+
+
+def has_runs_in_flight(workflow_slug: str) -> bool:
+    return bool(
+        sql.rows(
+            "SELECT 1 FROM run WHERE workflow_slug = %s AND state IN ('QUEUED', 'RUNNING') LIMIT 1",
+            (workflow_slug,),
+        )
+    )
