@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "lineage")
+MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "ranged", "lineage")
 HERE = Path(__file__).resolve().parent
 
 
