@@ -34,7 +34,7 @@ def up(migrator: SchemaMigrator, db: pw.Database) -> None:
             primary_key = pw.CompositeKey("workflow_slug", "partition_key")
 
     # Defaults in the schema too, so statements that name only the older columns keep working.
-    empty = [pw.SQL("DEFAULT ''")]
+    empty: list[pw.Node] = [pw.SQL("DEFAULT ''")]
     migrate(
         migrator.add_column(
             "run", "range_start_key", pw.CharField(max_length=255, default="", constraints=empty)
