@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "lineage", "dagster")
+MODULES = ("partitions", "runs", "partition_reads", "watch", "backfills", "ranged", "lineage", "dagster")
 HERE = Path(__file__).resolve().parent
 
 

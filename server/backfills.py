@@ -62,7 +62,6 @@ from storage import partition_state, runs
 from storage.backfills import BackfillRow, KeyRow
 from storage.events import NewEvent, Outbox
 from storage.models import Run, micros
-from storage.partition_state import SlicePosition
 
 logger = logging.getLogger("partita.backfills")
 
@@ -290,9 +289,12 @@ def retry_policy_of(row: BackfillRow) -> RetryPolicy | None:
 # --- creating -----------------------------------------------------------------------------------
 
 
-def create_tx(outbox: Outbox, new: store.NewBackfill, keys: Sequence[str], now_us: int) -> BackfillRow:
-    """Writes the backfill and its plan (every key PENDING, in order) in this transaction."""
-    row = store.insert_backfill(new, len(keys), now_us)
+def create_tx(
+    outbox: Outbox, new: store.NewBackfill, keys: Sequence[str], now_us: int, max_keys_per_run: int = 1
+) -> BackfillRow:
+    """Writes the backfill and its plan (every key PENDING, in order) in this transaction; its
+    runs cover up to `max_keys_per_run` contiguous keys (the workflow's backfill policy, 0 = all)."""
+    row = store.insert_backfill(new, len(keys), now_us, max_keys_per_run or MAX_BACKFILL_KEYS)
     store.insert_plan(row.id, keys, now_us)
     outbox.add(
         _backfill_event(row, "QUEUED", f"backfill {row.id} created with {len(keys):,} keys", row.snapshot())
@@ -347,18 +349,20 @@ class _Started:
     state: str
     event: NewEvent
     new_run: bool
-    # A new run's slice, marked in flight once every run of the batch exists.
-    positions: dict[str, SlicePosition] | None = None
+    # How many keys moved (a ranged run moves several).
+    count: int = 1
+    # A new run's keys, marked in flight once every run of the batch exists.
+    coverage: key_positions.Coverage | None = None
     run_id: int = 0
-    partition_key: str = ""
 
 
 def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, now: datetime) -> int:
-    """Turns up to `limit` PENDING keys of a RUNNING backfill, in key order, into queued runs (or
-    adopts the run already in flight for a key's slice), within max_concurrent_runs; returns how
-    many keys moved. Raises DispatchConflict (rolling the transaction back) when the backfill
-    changed under it: every key write is conditional on the key still being PENDING and the
-    counters on the backfill still RUNNING with room, so a deposed leader cannot double-dispatch.
+    """Turns PENDING keys of a RUNNING backfill, in key order, into up to `limit` queued runs of
+    up to `keys_per_run` contiguous keys each (or adopts the run already in flight for a group's
+    keys), within max_concurrent_runs; returns how many runs it queued, adopted or failed.
+    Raises DispatchConflict (rolling the transaction back) when the backfill changed under it:
+    every key write is conditional on the key still being PENDING and the counters on the
+    backfill still RUNNING with room, so a deposed leader cannot double-dispatch.
     """
     from server.api.run_service import new_run  # imported late: run_service imports lifecycle
 
@@ -368,7 +372,7 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     if row is None or row.state != store.RUNNING or not row.counts.pending:
         return 0
     held = store.held_keys(backfill_id)  # runs held for upstream data take no slot
-    room = min(limit, row.max_concurrent_runs - row.counts.in_flight + held)
+    room = min(limit * row.keys_per_run, row.key_cap - row.counts.in_flight + held)
     if room <= 0:
         return 0
     definition = catalog.workflow(row.workflow_slug)
@@ -381,20 +385,29 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     # (after every run of the batch: a run transition holding its run may wait for that state),
     # and the backfill row last.
     marks: list[_Started] = []
-    for key in store.pending_keys(backfill_id, room):
-        if not store.take_pending(backfill_id, key.ordinal, now_us):
+    pending = store.pending_keys(backfill_id, room)
+    for group, coverage in _groups(definition, pending, row.keys_per_run, now):
+        if len(changes) >= limit:
+            break
+        if not store.take_pending(backfill_id, [key.ordinal for key in group], now_us):
             continue
-        started = _start_key(outbox, definition, row, key, requested, labels, policy, now, new_run)
-        if started is None:  # its slice's run is busy or just ended: the key waits for the next pass
+        started = _start_keys(
+            outbox, definition, row, group, coverage, requested, labels, policy, now, new_run
+        )
+        if started is None:  # its keys' run is busy or just ended: they wait for the next pass
             continue
-        changes.append(_Change(backfill_id, {store.PENDING: -1, started.state: 1}, started.event))
+        changes.append(
+            _Change(backfill_id, {store.PENDING: -started.count, started.state: started.count}, started.event)
+        )
         if started.state in store.IN_FLIGHT:
-            added_in_flight += 1
-        if started.positions is not None:
+            added_in_flight += started.count
+        if started.coverage is not None:
             marks.append(started)
     for started in marks:
-        assert started.positions is not None
-        partition_state.mark_in_flight(started.positions, started.partition_key, started.run_id, now_us)
+        assert started.coverage is not None
+        partition_state.mark_in_flight(
+            started.coverage.positions, started.coverage.keys, started.run_id, now_us
+        )
     if not changes:
         return 0
     # The backfill row last, like every transaction that moves its keys (no lock-order deadlocks).
@@ -412,69 +425,128 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     return len(changes)
 
 
-def _start_key(
+def _groups(
+    definition: WorkflowDefinition | None, pending: Sequence[KeyRow], keys_per_run: int, now: datetime
+) -> list[tuple[list[KeyRow], key_positions.Coverage | None]]:
+    """Pending keys (in key order) as runs: up to `keys_per_run` keys that are contiguous in the
+    definition (any dynamic keys), with their coverage; a key alone has none (resolved when it
+    starts). Keys whose range no longer resolves run alone, so each fails on its own."""
+    if keys_per_run <= 1 or definition is None or not definition.ranged:
+        return [([key], None) for key in pending]
+    groups: list[tuple[list[KeyRow], key_positions.Coverage | None]] = []
+    rest = list(pending)
+    while rest:
+        chunk = rest[:keys_per_run]
+        try:
+            if isinstance(definition.spec, DynamicSpec):
+                coverage = key_positions.resolve_key_list(
+                    definition,
+                    [key.partition_key for key in chunk],
+                    now,
+                    field="partition_keys",
+                    register=False,
+                )
+                if coverage.keys != tuple(key.partition_key for key in chunk):
+                    raise InvalidArgument("the registry order changed")
+            else:
+                coverage = key_positions.resolve_range(
+                    definition, chunk[0].partition_key, chunk[-1].partition_key, now, field="partition_range"
+                )
+                # The plan skips keys the selection left out: the run stops before the first gap.
+                same = 0
+                while same < len(chunk) and coverage.keys[same] == chunk[same].partition_key:
+                    same += 1
+                if same < len(chunk):
+                    chunk = chunk[:same]
+                    coverage = key_positions.resolve_range(
+                        definition,
+                        chunk[0].partition_key,
+                        chunk[-1].partition_key,
+                        now,
+                        field="partition_range",
+                    )
+        except (InvalidArgument, IndexError):
+            chunk, coverage = rest[:1], None
+        rest = rest[len(chunk) :]
+        groups.append((chunk, coverage if coverage is not None and len(chunk) > 1 else None))
+    return groups
+
+
+def _start_keys(
     outbox: Outbox,
     definition: WorkflowDefinition | None,
     row: BackfillRow,
-    key: KeyRow,
+    group: list[KeyRow],
+    coverage: key_positions.Coverage | None,
     requested: dict[str, Any],
     labels: dict[str, str],
     policy: RetryPolicy | None,
     now: datetime,
     new_run: Any,
 ) -> _Started | None:
-    """A key the dispatcher took (now QUEUED, no run yet): queue its run, adopt the slice's run in
-    flight, or fail the key when it no longer belongs to the definition."""
+    """Keys the dispatcher took (now QUEUED, no run yet): queue their run, adopt the run in
+    flight for exactly these keys, or fail a lone key that no longer belongs to the definition."""
     now_us = micros(now)
+    ordinals = [key.ordinal for key in group]
+    first = group[0]
     try:
         if definition is None:
             raise NotFound(f"workflow {row.workflow_slug!r} no longer exists")
-        positions = key_positions.resolve_positions(definition, key.partition_key, now, register=False)
+        if coverage is None:
+            coverage = key_positions.single(definition, first.partition_key, now, register=False)
     except DomainError as error:
-        store.fail_taken_key(row.id, key.ordinal, error.message, now_us)
+        store.fail_taken_key(row.id, first.ordinal, error.message, now_us)
         event = _backfill_event(
             row,
             "FAILED",
-            f"key {quote_key(key.partition_key)} cannot run: {error.message}",
+            f"key {quote_key(first.partition_key)} cannot run: {error.message}",
             {},
-            key.partition_key,
+            first.partition_key,
         )
         outbox.add(event)
         return _Started(store.FAILED, event, False)
     assert definition is not None
-    retrying = key.next_trigger == "RETRY"
+    # A group re-runs failed keys when its first key does (RetryBackfill reopens keys together).
+    retrying = first.next_trigger == "RETRY"
     fresh = new_run(
         definition,
-        key.partition_key,
+        coverage,
         requested,
         labels,
         "RETRY" if retrying else "BACKFILL",
         row.trigger_principal,
-        source_id=str(key.run_id) if retrying and key.run_id is not None else str(row.id),
+        source_id=str(first.run_id) if retrying and first.run_id is not None else str(row.id),
         backfill_id=row.id,
         policy=policy,
     )
     for _ in range(3):
-        run = runs.insert_if_no_run_in_flight(fresh, now_us)
+        run = lifecycle.insert_run(fresh, coverage.keys, now_us)
         if run is not None:
             event = lifecycle.run_event(run, "QUEUED", runs.QUEUED)
             outbox.add(event)
             lifecycle.log_transition(run, runs.QUEUED, f"run {run.id} queued by backfill {row.id}")
-            store.attach_run(row.id, key.ordinal, run.id, store.QUEUED, 0, now_us)
-            return _Started(store.QUEUED, event, True, positions, run.id, key.partition_key)
-        existing, busy = store.lock_in_flight_run(definition.slug, key.partition_key)
+            store.attach_run(row.id, ordinals, run.id, store.QUEUED, 0, now_us)
+            return _Started(store.QUEUED, event, True, len(group), coverage, run.id)
+        if coverage.ranged or definition.ranged:
+            overlapping = lifecycle.in_flight_overlap(fresh, coverage.keys)
+            if len(overlapping) == 1 and key_positions.covered_keys(overlapping[0]) == coverage.keys:
+                existing = store.lock_run_if_free(overlapping[0].id)
+                if existing is not None and existing.state in runs.IN_FLIGHT:
+                    return _adopt(outbox, row, group, existing, now_us)
+            break  # overlapping runs of other shapes end first; the keys wait
+        existing, busy = store.lock_in_flight_run(definition.slug, first.partition_key)
         if existing is not None:
-            return _adopt(outbox, row, key, existing, now_us)
+            return _adopt(outbox, row, group, existing, now_us)
         if busy:  # another transaction holds it (PostgreSQL): never wait for a run here
             break
-    store.restore_pending(row.id, key.ordinal, now_us)
+    store.restore_pending(row.id, ordinals, now_us)
     return None
 
 
-def _adopt(outbox: Outbox, row: BackfillRow, key: KeyRow, run: Run, now_us: int) -> _Started:
-    """The key's slice already has a run in flight: the key follows that run."""
+def _adopt(outbox: Outbox, row: BackfillRow, group: list[KeyRow], run: Run, now_us: int) -> _Started:
+    """The keys already have a run in flight (for exactly these keys): they follow that run."""
     attempts = run.attempt if run.state == runs.RUNNING else run.attempt - 1
-    store.attach_run(row.id, key.ordinal, run.id, run.state, attempts, now_us)
+    store.attach_run(row.id, [key.ordinal for key in group], run.id, run.state, attempts, now_us)
     event = NewEvent(
         type="QUEUED" if run.state == runs.QUEUED else "STARTED",
         workflow_slug=run.workflow_slug,
@@ -484,7 +556,8 @@ def _adopt(outbox: Outbox, row: BackfillRow, key: KeyRow, run: Run, now_us: int)
         state=run.state,
         attempt=run.attempt,
         progress=run.progress,
-        message=f"backfill {row.id} adopted run {run.id}, already {run.state.lower()} for this key",
+        message=f"backfill {row.id} adopted run {run.id}, already {run.state.lower()} for these keys",
+        data=lifecycle.key_data(run),
     )
     outbox.add(event)
     log_event(
@@ -495,7 +568,7 @@ def _adopt(outbox: Outbox, row: BackfillRow, key: KeyRow, run: Run, now_us: int)
         partition_key=run.partition_key,
         state=run.state,
     )
-    return _Started(run.state, event, False)
+    return _Started(run.state, event, False, len(group))
 
 
 # --- following runs (lifecycle hook) --------------------------------------------------------------
@@ -595,35 +668,47 @@ def _annotate(outbox: Outbox, row: BackfillRow, changes: Sequence[_Change]) -> N
                 attempt=run.attempt,
                 progress=run.progress,
                 message=f"run {run.id} of backfill {row.id}",
-                data={"backfill": snapshot},
+                data={**lifecycle.key_data(run), "backfill": snapshot},
             )
         )
 
 
 def run_changed_tx(
-    outbox: Outbox, run: Run, now_us: int, *, attempted: int = 0, error: str | None = None
+    outbox: Outbox,
+    run: Run,
+    now_us: int,
+    *,
+    attempted: int = 0,
+    error: str | None = None,
+    failed_keys: frozenset[str] | None = None,
 ) -> None:
     """Lifecycle hook, called right after a run transition added its event: the key(s) whose
     current run this is take the run's state (QUEUED again for a retry or a released claim),
     `attempted` attempts more (1 at a claim, -1 when a claim is released) and `error` as their
-    last error. The backfill's counters follow at the end of the transaction, where it finishes
-    once every key is decided, and the transition's event gets the backfill's snapshot.
+    last error — except, with `failed_keys`, a FAILED ranged run's other keys, which succeeded.
+    The backfill's counters follow at the end of the transaction, where it finishes once every
+    key is decided, and the transition's event gets the backfill's snapshot.
     """
     keys = store.keys_of_run(run.id)
     if not keys:
         return
     changes = _changes(outbox, now_us)
-    for key in keys:
-        if not store.move_key(key, run.state, attempted, error, now_us):
+    groups: dict[tuple[int, str, str], list[KeyRow]] = {}
+    for key in sorted(keys, key=lambda key: (key.backfill_id, key.ordinal)):
+        target = run.state
+        if failed_keys is not None and key.partition_key not in failed_keys:
+            target = runs.SUCCEEDED
+        groups.setdefault((key.backfill_id, key.state, target), []).append(key)
+    canceling_checked: set[int] = set()
+    for (backfill_id, old_state, target), group in groups.items():
+        moved = store.move_keys(group, target, attempted, error if target == run.state else None, now_us)
+        if not moved or old_state == target:
             continue
-        deltas = store.deltas_of([(key.state, run.state)])
-        if not deltas:
-            continue
-        own = _own_event(outbox, run, key.backfill_id)
+        own = _own_event(outbox, run, backfill_id)
         changes.items.append(
             _Change(
-                key.backfill_id,
-                deltas,
+                backfill_id,
+                {old_state: -moved, target: moved},
                 own,
                 copy=None if own is not None else run,
                 copy_type=_last_event_type(outbox, run),
@@ -631,9 +716,11 @@ def run_changed_tx(
         )
         if (
             run.state == runs.RUNNING
+            and backfill_id not in canceling_checked
             and not run.cancel_requested
-            and store.backfill_state(key.backfill_id) == store.CANCELING
+            and store.backfill_state(backfill_id) == store.CANCELING
         ):
+            canceling_checked.add(backfill_id)
             # Claimed while its backfill was being canceled: ask the worker to stop.
             runs.request_cancel(run.id, now_us)
             run.cancel_requested = True
@@ -642,7 +729,7 @@ def run_changed_tx(
                     run,
                     "PROGRESS",
                     runs.RUNNING,
-                    f"cancel requested: backfill {key.backfill_id} is canceling",
+                    f"cancel requested: backfill {backfill_id} is canceling",
                 )
             )
 

@@ -33,10 +33,18 @@ class WorkflowDefinition:
     execution_timeout: timedelta | None
     max_concurrent_runs: int
     update_time: int
+    # backfill_policy.max_keys_per_run: 1 = a run per key, 0 = no limit, n = up to n keys a run.
+    max_keys_per_run: int = 1
 
     @property
     def partitioned(self) -> bool:
         return self.spec is not None
+
+    @property
+    def ranged(self) -> bool:
+        """Whether runs may cover several keys; every run of such a workflow then claims its
+        keys in `run_slice` while in flight, so ranged and single-key runs never overlap."""
+        return self.max_keys_per_run != 1
 
     def key_of(self, asset_id: str, run_key: str) -> str:
         """The key at which a run for `run_key` writes `asset_id` ('' for unpartitioned assets)."""
@@ -112,4 +120,10 @@ def _parse(row: Workflow) -> WorkflowDefinition:
         execution_timeout=convert.duration_or_none(message, "execution_timeout"),
         max_concurrent_runs=message.max_concurrent_runs,
         update_time=row.update_time,
+        max_keys_per_run=max_keys_per_run(message),
     )
+
+
+def max_keys_per_run(message: workflow_pb2.Workflow) -> int:
+    policy = message.backfill_policy
+    return policy.max_keys_per_run if policy.HasField("max_keys_per_run") else 1

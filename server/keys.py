@@ -6,13 +6,16 @@ allows it, registered on first use) in the same transaction as the run that uses
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from server.catalog import WorkflowDefinition
-from server.domain.errors import InvalidArgument
+from server.domain.errors import InvalidArgument, ViolationCollector
 from server.domain.partitions import DynamicSpec, StaticSpec, check_key_syntax
 from storage import dynamic_partitions
-from storage.models import micros
+from storage.models import Run, micros
 from storage.partition_state import SlicePosition
 
 UNPARTITIONED = SlicePosition(0, None)
@@ -79,3 +82,131 @@ def _describe(definition: WorkflowDefinition) -> str:
     if isinstance(spec, DynamicSpec):
         return "dynamic keys"
     return type(spec).__name__.removesuffix("Spec").lower().replace("timewindow", "time-window") + " keys"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The keys a run covers, in definition order, and where each sits in every asset whose
+    per-partition state the run drives (`positions[asset_id][i]` is where `keys[i]` sits).
+
+    A single-key run covers its one key (unpartitioned: ''); a ranged run covers a contiguous
+    range of time-window or static keys (`start_key`..`end_key`) or a list of dynamic keys."""
+
+    keys: tuple[str, ...]
+    positions: Mapping[str, Sequence[SlicePosition]]
+    start_key: str = ""
+    end_key: str = ""
+    ranged: bool = False
+
+    def at(self, index: int) -> dict[str, SlicePosition]:
+        return {asset_id: found[index] for asset_id, found in self.positions.items()}
+
+
+def single(
+    definition: WorkflowDefinition,
+    key: str,
+    now: datetime,
+    *,
+    field: str = "partition_key",
+    register: bool = True,
+) -> Coverage:
+    found = resolve_positions(definition, key, now, field=field, register=register)
+    return Coverage((key,), {asset_id: (position,) for asset_id, position in found.items()})
+
+
+def resolve_range(
+    definition: WorkflowDefinition, start_key: str, end_key: str, now: datetime, *, field: str
+) -> Coverage:
+    """The contiguous time-window or static keys start_key..end_key (`field` names the
+    PartitionRange); INVALID_ARGUMENT naming each bad bound."""
+    spec = definition.spec
+    start_field, end_field = f"{field}.start_key", f"{field}.end_key"
+    if spec is None or isinstance(spec, DynamicSpec):
+        raise InvalidArgument.for_field(
+            field,
+            f"workflow {definition.slug!r} has {_describe(definition) if spec else 'no partitions'}; "
+            + ("give partition_keys instead" if spec else "omit the range"),
+        )
+    if not start_key or not end_key:
+        collector = ViolationCollector()
+        for key, name in ((start_key, start_field), (end_key, end_field)):
+            if not key:
+                collector.add(name, "is required")
+        collector.raise_if_any("invalid key range")
+    span = spec.index_range(start_key, end_key, now, start_field=start_field, end_field=end_field)
+    if isinstance(spec, StaticSpec):
+        keys = tuple(spec.keys_page(span.start, len(span), now))
+        here = [SlicePosition(index, index) for index in span]
+    else:
+        windows = spec.windows_page(span.start, len(span), now)
+        keys = tuple(window.key for window in windows)
+        here = [
+            SlicePosition(int(window.window.start.timestamp()), index)
+            for window, index in zip(windows, span, strict=True)
+        ]
+    return Coverage(
+        keys,
+        dict.fromkeys(definition.partitioned_asset_ids, here),
+        start_key=start_key,
+        end_key=end_key,
+        ranged=True,
+    )
+
+
+def resolve_key_list(
+    definition: WorkflowDefinition,
+    partition_keys: Sequence[str],
+    now: datetime,
+    *,
+    field: str,
+    register: bool = True,
+) -> Coverage:
+    """Explicit dynamic keys as one ranged run, in registry order; INVALID_ARGUMENT naming every
+    bad or repeated key (`field[i]`). Keys are registered on first use like single keys."""
+    spec = definition.spec
+    if not isinstance(spec, DynamicSpec):
+        raise InvalidArgument.for_field(
+            field,
+            f"workflow {definition.slug!r} has {_describe(definition) if spec else 'no partitions'}; "
+            + ("give partition_range instead" if spec else "omit the keys"),
+        )
+    collector = ViolationCollector()
+    seen: dict[str, int] = {}
+    found: list[tuple[str, dict[str, SlicePosition]]] = []
+    for index, key in enumerate(partition_keys):
+        first = seen.setdefault(key, index)
+        if first != index:
+            collector.add(f"{field}[{index}]", f"duplicate of {field}[{first}]")
+            continue
+        try:
+            found.append(
+                (key, resolve_positions(definition, key, now, field=f"{field}[{index}]", register=register))
+            )
+        except InvalidArgument as error:
+            collector.extend(error)
+    if not partition_keys:
+        collector.add(field, "at least one key is required")
+    collector.raise_if_any("invalid partition keys")
+    first_asset = min(definition.partitioned_asset_ids)
+    found.sort(key=lambda item: item[1][first_asset].position)
+    return Coverage(
+        tuple(key for key, _ in found),
+        {asset_id: [where[asset_id] for _, where in found] for asset_id in definition.partitioned_asset_ids},
+        ranged=True,
+    )
+
+
+def of_run(definition: WorkflowDefinition, run: Run, now: datetime) -> Coverage:
+    """What an existing run covers (its keys as stored; positions under the definition now)."""
+    if not run.range_keys:
+        return single(definition, run.partition_key, now, register=False)
+    if run.range_start_key:
+        return resolve_range(definition, run.range_start_key, run.range_end_key, now, field="partition_range")
+    return resolve_key_list(
+        definition, json.loads(run.range_keys), now, field="partition_keys", register=False
+    )
+
+
+def covered_keys(run: Run) -> tuple[str, ...]:
+    """The keys a run covers, from the run alone (no definition needed)."""
+    return tuple(json.loads(run.range_keys)) if run.range_keys else (run.partition_key,)

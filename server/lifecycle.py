@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from server import backfills, lineage
+from server import backfills, keys, lineage
 from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.domain.retry import RetryPolicy
@@ -49,7 +49,15 @@ def log_transition(run: Run, state: str, message: str = "") -> None:
     )
 
 
+def key_data(run: Run) -> dict[str, object]:
+    """What a ranged run's events carry besides partition_key '': every key the run covers, so a
+    watcher filtering by key sees the run under each of them (storage/events.py)."""
+    return {"partition_keys": json.loads(run.range_keys)} if run.range_keys else {}
+
+
 def run_event(run: Run, event_type: str, state: str, message: str = "", **extra: object) -> NewEvent:
+    if run.range_keys:
+        extra = {**key_data(run), **extra}
     return NewEvent(
         type=event_type,
         workflow_slug=run.workflow_slug,
@@ -98,35 +106,85 @@ def state_assets(definition: WorkflowDefinition | None, run: Run) -> list[str]:
 def enqueue_tx(
     outbox: Outbox,
     new_run: runs.NewRun,
-    positions: dict[str, partition_state.SlicePosition],
+    coverage: keys.Coverage,
     now: datetime,
     *,
     use_existing: bool,
     message: str = "",
 ) -> tuple[Run, bool]:
-    """Queues a run unless its slice has one in flight; returns the run and whether it is new."""
+    """Queues a run unless one of its keys has a run in flight; returns the run and whether it
+    is new. USE_EXISTING adopts the run in flight only when it covers exactly the same keys."""
     now_us = micros(now)
-    run = runs.insert_if_no_run_in_flight(new_run, now_us)
+    run = insert_run(new_run, coverage.keys, now_us)
     if run is None:
-        existing = runs.in_flight_run(new_run.workflow_slug, new_run.partition_key)
-        if existing is None:  # it ended between our insert and this read
+        overlapping = in_flight_overlap(new_run, coverage.keys)
+        if not overlapping:  # it ended between our insert and this read
             raise AlreadyExists(
                 "a run for this slice was in flight; try again",
                 reason="RUN_IN_FLIGHT",
                 metadata={"run_id": ""},
             )
-        if use_existing:
+        existing = overlapping[0]
+        if use_existing and len(overlapping) == 1 and keys.covered_keys(existing) == coverage.keys:
             return existing, False
+        if not coverage.ranged and not existing.range_keys:
+            raise AlreadyExists(
+                f"run {existing.id} for workflow {new_run.workflow_slug!r} and partition key "
+                f"{new_run.partition_key!r} is still {existing.state.lower()}; use on_conflict USE_EXISTING to get it",
+                reason="RUN_IN_FLIGHT",
+                metadata={"run_id": str(existing.id)},
+            )
         raise AlreadyExists(
-            f"run {existing.id} for workflow {new_run.workflow_slug!r} and partition key "
-            f"{new_run.partition_key!r} is still {existing.state.lower()}; use on_conflict USE_EXISTING to get it",
+            f"run {existing.id} of workflow {new_run.workflow_slug!r} ({_describe_keys(existing)}) is still "
+            f"{existing.state.lower()} and covers some of the requested keys"
+            + (f", as do {len(overlapping) - 1} more runs" if len(overlapping) > 1 else "")
+            + "; on_conflict USE_EXISTING adopts an in-flight run only when it covers exactly the same keys",
             reason="RUN_IN_FLIGHT",
             metadata={"run_id": str(existing.id)},
         )
-    partition_state.mark_in_flight(positions, new_run.partition_key, run.id, now_us)
+    partition_state.mark_in_flight(coverage.positions, coverage.keys, run.id, now_us)
     outbox.add(run_event(run, "QUEUED", runs.QUEUED, message))
     log_transition(run, runs.QUEUED)
     return run, True
+
+
+def _describe_keys(run: Run) -> str:
+    if run.range_start_key:
+        return f"keys {run.range_start_key!r} to {run.range_end_key!r}"
+    if run.range_keys:
+        covered = keys.covered_keys(run)
+        return f"{len(covered)} keys from {covered[0]!r}"
+    return f"partition key {run.partition_key!r}"
+
+
+def insert_run(new_run: runs.NewRun, partition_keys: Sequence[str], now_us: int) -> Run | None:
+    """Inserts the QUEUED run unless a run in flight has one of its keys; None then (nothing
+    written). Single keys are deduped by the run table's in-flight index; runs of ranged
+    workflows also claim every key in run_slice, whose primary key makes overlaps impossible."""
+    if new_run.claims_slices and runs.slice_holders(new_run.workflow_slug, partition_keys):
+        return None
+    run = runs.insert_if_no_run_in_flight(new_run, now_us)
+    if run is None or not new_run.claims_slices:
+        return run
+    if not runs.claim_slices(new_run.workflow_slug, partition_keys, run.id):
+        runs.delete_run(run.id)  # another transaction claimed a key since our check (PostgreSQL)
+        return None
+    return run
+
+
+def in_flight_overlap(new_run: runs.NewRun, partition_keys: Sequence[str]) -> list[Run]:
+    """The in-flight runs of the workflow that cover any of the keys, oldest first."""
+    found: list[Run] = []
+    if new_run.claims_slices:
+        for run_id in runs.slice_holders(new_run.workflow_slug, partition_keys):
+            run = runs.get_run(run_id)
+            if run is not None:
+                found.append(run)
+    if not found and not new_run.range_keys:
+        existing = runs.in_flight_run(new_run.workflow_slug, new_run.partition_key)
+        if existing is not None:
+            found.append(existing)
+    return found
 
 
 def claim_tx(
@@ -270,7 +328,10 @@ def _end(
     message: str,
     now_us: int,
     from_states: Sequence[str],
+    failed_keys: frozenset[str] | None = None,
 ) -> Run:
+    """Ends the run; with `failed_keys` (a ranged run that failed only some keys) the other
+    keys it covers succeeded: their materializations are recorded already."""
     ended = runs.finish(run.id, from_states, state, now_us, message if state == runs.FAILED else None)
     if ended is None:
         raise FailedPrecondition(
@@ -278,12 +339,17 @@ def _end(
             reason="RUN_STATE_CHANGED",
             metadata={"run_id": str(run.id)},
         )
+    if run.claims_slices:
+        runs.release_slices(run.id)
     definition = catalog.workflow(run.workflow_slug)
+    # Slices the run materialized are no longer in flight, so only the others settle.
     partition_state.settle(
-        state_assets(definition, run), run.partition_key, run.id, state == runs.FAILED, now_us
+        state_assets(definition, run), keys.covered_keys(run), run.id, state == runs.FAILED, now_us
     )
     outbox.add(run_event(ended, state, state, message))
-    backfills.run_changed_tx(outbox, ended, now_us, error=message if state == runs.FAILED else None)
+    backfills.run_changed_tx(
+        outbox, ended, now_us, error=message if state == runs.FAILED else None, failed_keys=failed_keys
+    )
     log_transition(ended, state, f"run {run.id} {state.lower()}: {message}" if message else "")
     return ended
 
@@ -299,18 +365,36 @@ def succeed_tx(outbox: Outbox, run: Run, now: datetime) -> Run:
     ended = runs.finish(run.id, (runs.RUNNING,), runs.SUCCEEDED, now_us)
     if ended is None:
         raise FailedPrecondition(f"run {run.id} is no longer running", reason="LEASE_EXPIRED")
+    if run.claims_slices:
+        runs.release_slices(run.id)
     outbox.add(run_event(ended, "SUCCEEDED", runs.SUCCEEDED))
     backfills.run_changed_tx(outbox, ended, now_us)
     log_transition(ended, runs.SUCCEEDED)
     return ended
 
 
+def fail_keys_tx(
+    outbox: Outbox, catalog: Catalog, run: Run, failed_keys: Sequence[str], now: datetime
+) -> Run:
+    """CompleteRun of a ranged run that failed some keys (the caller recorded the others'
+    materializations): the run ends FAILED, with no retry — its successes stand — and only the
+    failed keys' slices and backfill keys become FAILED."""
+    shown = ", ".join(repr(key) for key in failed_keys[:5]) + (", ..." if len(failed_keys) > 5 else "")
+    message = f"{len(failed_keys)} of {len(keys.covered_keys(run))} keys failed: {shown}"
+    return _end(
+        outbox, catalog, run, runs.FAILED, message, micros(now), (runs.RUNNING,), frozenset(failed_keys)
+    )
+
+
 def settle_unmaterialized_tx(
     definition: WorkflowDefinition, run: Run, materialized: set[str], now: datetime
 ) -> None:
-    """Produced assets the run did not materialize at its own key leave IN_PROGRESS."""
-    pending = [asset for asset in state_assets(definition, run) if asset not in materialized]
-    partition_state.settle(pending, run.partition_key, run.id, False, micros(now))
+    """Produced assets the run did not materialize at its own key(s) leave IN_PROGRESS."""
+    if run.range_keys:  # only slices still in flight for this run change
+        pending = state_assets(definition, run)
+    else:
+        pending = [asset for asset in state_assets(definition, run) if asset not in materialized]
+    partition_state.settle(pending, keys.covered_keys(run), run.id, False, micros(now))
 
 
 def reap_tx(outbox: Outbox, catalog: Catalog, now: datetime, limit: int = 100) -> int:

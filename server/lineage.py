@@ -1676,7 +1676,7 @@ def _drain_requests(outbox: Outbox, catalog: Catalog, now: datetime) -> int:
             if key in busy:
                 continue  # a run is reading older data right now: run again after it ends
             try:
-                positions = key_positions.resolve_positions(definition, key, now, register=False)
+                coverage = key_positions.single(definition, key, now, register=False)
             except InvalidArgument:
                 if isinstance(definition.spec, TimeWindowSpec) and _future_window(definition.spec, key, now):
                     continue  # the window has not closed yet: keep the request until it has
@@ -1695,9 +1695,15 @@ def _drain_requests(outbox: Outbox, catalog: Catalog, now: datetime) -> int:
             _, created = enqueue_tx(
                 outbox,
                 new_run(
-                    definition, key, {}, {}, "AUTOMATION", "automation", source_id=str(materialization_id)
+                    definition,
+                    coverage,
+                    {},
+                    {},
+                    "AUTOMATION",
+                    "automation",
+                    source_id=str(materialization_id),
                 ),
-                positions,
+                coverage,
                 now,
                 use_existing=True,
                 message=message,

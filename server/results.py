@@ -9,14 +9,14 @@ from datetime import datetime
 
 from google.protobuf import json_format
 
-from partita.v1 import asset_pb2
-from server import keys, lineage
+from partita.v1 import asset_pb2, worker_pb2
+from server import keys, lifecycle, lineage
 from server.api import convert
 from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import InvalidArgument, ViolationCollector
 from storage import materializations, partition_state
 from storage.events import NewEvent, Outbox
-from storage.models import Materialization, Run
+from storage.models import Materialization, Run, micros
 from storage.partition_state import SlicePosition
 
 
@@ -145,3 +145,87 @@ def resolve_result_positions(
             )
         positions[(asset.asset_id, key)] = cache[key][asset.asset_id]
     return positions
+
+
+def complete_tx(
+    outbox: Outbox,
+    catalog: Catalog,
+    definition: WorkflowDefinition,
+    run: Run,
+    request: worker_pb2.CompleteRunRequest,
+    now: datetime,
+    max_artifacts: int,
+) -> list[Materialization]:
+    """CompleteRun of the leased `run`: records the reported slices, then ends the run — SUCCEEDED,
+    or FAILED when it reports failed keys (the others' materializations stand).
+
+    Every key the run covers must be accounted for: reported in `assets`, listed in
+    `failed_partition_keys`, or covered by `all_keys_succeeded` (an artifact-less materialization
+    of each produced asset the worker did not report). A single-key run with no `assets` counts
+    as all keys succeeded, as it always has; any other unreported key is INVALID_ARGUMENT.
+    """
+    covered = keys.covered_keys(run)
+    failed = _failed_keys(run, covered, request)
+    reported_assets = list(request.assets)
+    fields = [f"assets[{index}]" for index in range(len(reported_assets))]
+    reported = validated_result_assets(definition, reported_assets, run.partition_key, fields, max_artifacts)
+    reported_keys = {key for _, key in reported}
+    collector = ViolationCollector()
+    for index, key in enumerate(request.failed_partition_keys):
+        if key in reported_keys:
+            collector.add(f"failed_partition_keys[{index}]", f"{key!r} is also reported in assets")
+    all_succeeded = request.all_keys_succeeded or (not reported_assets and not failed and not run.range_keys)
+    if not all_succeeded:
+        unreported = [key for key in covered if key not in reported_keys and key not in failed]
+        if unreported and run.range_keys:
+            shown = ", ".join(repr(key) for key in unreported[:5]) + (", ..." if len(unreported) > 5 else "")
+            collector.add(
+                "assets",
+                f"{len(unreported)} keys of run {run.id} are neither reported nor in failed_partition_keys "
+                f"({shown}); report them, list them as failed, or set all_keys_succeeded",
+            )
+    collector.raise_if_any("invalid CompleteRun request")
+    positions = resolve_result_positions(definition, reported, fields, now)
+    if all_succeeded:
+        done = {(asset.asset_id, key) for asset, key in reported}
+        coverage = keys.of_run(definition, run, now)
+        index_of = {key: index for index, key in enumerate(coverage.keys)}
+        for asset_id in definition.produced_asset_ids:
+            partitioned = asset_id in definition.partitioned_asset_ids
+            for key in covered if partitioned else ("",):
+                if key in failed or (asset_id, key) in done:
+                    continue
+                reported.append((asset_pb2.ResultAsset(asset_id=asset_id), key))
+                positions[(asset_id, key)] = (
+                    coverage.positions[asset_id][index_of[key]] if partitioned else keys.UNPARTITIONED
+                )
+    # Materializations first, the run's end last: a watcher that stops at it has seen them.
+    recorded = record_materializations(
+        outbox, definition, reported, run, micros(now), positions, catalog=catalog
+    )
+    if failed:
+        lifecycle.fail_keys_tx(outbox, catalog, run, [key for key in covered if key in failed], now)
+        return recorded
+    lifecycle.succeed_tx(outbox, run, now)
+    at_run_key = {row.asset_id for row in recorded if row.partition_key == run.partition_key}
+    lifecycle.settle_unmaterialized_tx(definition, run, at_run_key, now)
+    return recorded
+
+
+def _failed_keys(run: Run, covered: Sequence[str], request: worker_pb2.CompleteRunRequest) -> frozenset[str]:
+    """`failed_partition_keys`, each a key the run covers, listed once, and not with
+    all_keys_succeeded; INVALID_ARGUMENT naming each bad one."""
+    collector = ViolationCollector()
+    field = "failed_partition_keys"
+    if request.all_keys_succeeded and request.failed_partition_keys:
+        collector.add("all_keys_succeeded", "cannot be set together with failed_partition_keys")
+    members = set(covered)
+    seen: dict[str, int] = {}
+    for index, key in enumerate(request.failed_partition_keys):
+        first = seen.setdefault(key, index)
+        if first != index:
+            collector.add(f"{field}[{index}]", f"duplicate of {field}[{first}]")
+        elif key not in members:
+            collector.add(f"{field}[{index}]", f"{key[:64]!r} is not a key run {run.id} covers")
+    collector.raise_if_any("invalid CompleteRun request")
+    return frozenset(seen)

@@ -32,7 +32,7 @@ from server import backfills, keys, lifecycle
 from server.api import convert
 from server.catalog import Catalog, WorkflowDefinition
 from server.domain import schedules as domain
-from server.domain.errors import DomainError, FieldViolation
+from server.domain.errors import AlreadyExists, DomainError, FieldViolation
 from server.domain.partitions import PartitionSpec, TimeWindowSpec
 from server.domain.partitions.keys import quote_key
 from server.domain.workflows import ProducedAsset
@@ -256,9 +256,12 @@ def _fire_latest_window(
         return store.finish_tick(
             tick_id, store.SKIPPED, "no window of the partitions definition had closed by the tick"
         )
-    positions = keys.resolve_positions(definition, key, now, register=False)
-    fresh = new_run(definition, key, {}, {}, TRIGGER, PRINCIPAL, source_id=str(tick_id))
-    run, created = lifecycle.enqueue_tx(outbox, fresh, positions, now, use_existing=True)
+    coverage = keys.single(definition, key, now, register=False)
+    fresh = new_run(definition, coverage, {}, {}, TRIGGER, PRINCIPAL, source_id=str(tick_id))
+    try:
+        run, created = lifecycle.enqueue_tx(outbox, fresh, coverage, now, use_existing=True)
+    except AlreadyExists as error:  # a ranged run in flight covers the key
+        return store.finish_tick(tick_id, store.SKIPPED, error.message)
     if not created:
         return store.finish_tick(
             tick_id,
@@ -309,7 +312,7 @@ def _fire_backfill(
         trigger_kind=TRIGGER,
         trigger_source_id=str(tick_id),
     )
-    row = backfills.create_tx(outbox, new, planned, micros(now))
+    row = backfills.create_tx(outbox, new, planned, micros(now), definition.max_keys_per_run)
     return store.finish_tick(tick_id, store.FIRED, backfill_id=row.id)
 
 

@@ -51,7 +51,7 @@ from server.domain.names import slug_violation
 from server.domain.partitions.keys import key_syntax_problem, quote_key
 from server.logging import log_event
 from storage import events
-from storage.events import EventFilter, Outbox
+from storage.events import EventFilter, Outbox, covered_keys
 from storage.models import RunEvent, micros
 
 if TYPE_CHECKING:
@@ -145,6 +145,8 @@ class BufferedEvent:
     backfill_id: int | None
     run_id: int | None
     response: run_pb2.WatchRunsResponse
+    # The keys of the ranged run the event is about (empty for other events).
+    covered_keys: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, row: RunEvent | Any) -> BufferedEvent:
@@ -156,10 +158,13 @@ class BufferedEvent:
             row.backfill_id,
             row.run_id,
             run_pb2.WatchRunsResponse(event=event_message(row)),
+            tuple(covered_keys(row.partition_key, row.data)),
         )
 
     def matches(self, event_filter: EventFilter) -> bool:
-        return event_filter.matches(self.workflow_slug, self.partition_key, self.backfill_id, self.run_id)
+        return event_filter.matches(
+            self.workflow_slug, self.partition_key, self.backfill_id, self.run_id, self.covered_keys
+        )
 
 
 def watch_request(request: run_pb2.WatchRunsRequest) -> tuple[EventFilter, int]:

@@ -100,6 +100,12 @@ class BackfillRow:
     end_time: int | None
     update_time: int
     counts: Counts
+    keys_per_run: int = 1
+
+    @property
+    def key_cap(self) -> int:
+        """In-flight keys allowed: max_concurrent_runs runs of up to keys_per_run keys."""
+        return self.max_concurrent_runs * self.keys_per_run
 
     def snapshot(self) -> dict[str, Any]:
         """What an event of this backfill carries: its state and counts right after the event."""
@@ -109,7 +115,7 @@ class BackfillRow:
 _BACKFILL_COLUMNS = (
     "id, workflow_slug, state, selection, parameters, max_concurrent_runs, retry_policy, labels, "
     "trigger_kind, trigger_source_id, trigger_principal, create_time, end_time, update_time, total_count, "
-    "pending_count, queued_count, running_count, succeeded_count, failed_count, canceled_count"
+    "pending_count, queued_count, running_count, succeeded_count, failed_count, canceled_count, keys_per_run"
 )
 # The same without the selection (which may list a million keys): '' in its place. Counter
 # updates and the dispatcher read these.
@@ -133,6 +139,7 @@ def _backfill(row: Sequence[Any]) -> BackfillRow:
         None if row[12] is None else int(row[12]),
         int(row[13]),
         Counts.from_list(row[14:21]),
+        int(row[21]),
     )
 
 
@@ -192,14 +199,15 @@ class NewBackfill:
     trigger_source_id: str = ""
 
 
-def insert_backfill(new: NewBackfill, total: int, now: int) -> BackfillRow:
+def insert_backfill(new: NewBackfill, total: int, now: int, keys_per_run: int = 1) -> BackfillRow:
     """The backfill row, RUNNING with every key pending (COMPLETED at once when it has none)."""
     state = RUNNING if total else COMPLETED
     found = sql.rows(
         "INSERT INTO backfill (workflow_slug, state, selection, parameters, max_concurrent_runs, retry_policy, "
         "labels, trigger_kind, trigger_source_id, trigger_principal, create_time, end_time, update_time, "
-        "total_count, pending_count, queued_count, running_count, succeeded_count, failed_count, canceled_count) "
-        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, 0, 0, 0, 0) "
+        "total_count, pending_count, queued_count, running_count, succeeded_count, failed_count, canceled_count, "
+        "keys_per_run) "
+        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, 0, 0, 0, 0, %s) "
         f"RETURNING {_BACKFILL_COLUMNS}",
         (
             new.workflow_slug,
@@ -217,6 +225,7 @@ def insert_backfill(new: NewBackfill, total: int, now: int) -> BackfillRow:
             now,
             total,
             total,
+            keys_per_run,
         ),
     )
     return _backfill(found[0])
@@ -363,10 +372,11 @@ _CLAIMABLE = (
 
 
 def dispatchable(now: int, limit: int = 1000) -> list[tuple[int, int]]:
-    """(backfill id, free slots) of RUNNING backfills with pending keys and room under their cap
+    """(backfill id, free key slots) of RUNNING backfills with pending keys and room under their cap
     worth a dispatch now (runs held for upstream data take no slot), oldest first."""
     found = sql.rows(
-        f"SELECT id, max_concurrent_runs, queued_count, running_count, pending_count, {_HELD}, {_CLAIMABLE} "
+        f"SELECT id, max_concurrent_runs * keys_per_run, queued_count, running_count, pending_count, {_HELD}, "
+        f"{_CLAIMABLE} "
         f"FROM backfill WHERE state = 'RUNNING' AND pending_count > 0 ORDER BY id LIMIT {int(limit)}",
         (now,),
     )
@@ -480,31 +490,47 @@ def dynamic_registry(asset_id: str, partition_keys: Sequence[str]) -> dict[str, 
 # --- transitions --------------------------------------------------------------------------------
 
 
-def take_pending(backfill_id: int, ordinal: int, now: int) -> bool:
-    """PENDING -> QUEUED for the dispatcher; False when someone else moved the key first."""
+def _ordinals(ordinals: Sequence[int]) -> tuple[str, list[int]]:
+    """A condition on `ordinal` for the keys of one run: a range when they are consecutive."""
+    if len(ordinals) > 1 and ordinals[-1] - ordinals[0] == len(ordinals) - 1:
+        return "ordinal BETWEEN %s AND %s", [ordinals[0], ordinals[-1]]
+    return f"ordinal IN ({_in(ordinals)})", list(ordinals)
+
+
+def take_pending(backfill_id: int, ordinals: Sequence[int], now: int) -> bool:
+    """PENDING -> QUEUED for the dispatcher, all of the keys or none: False (nothing moved)
+    when someone else moved one of them first."""
+    condition, params = _ordinals(ordinals)
     cursor = sql.execute(
         "UPDATE backfill_partition SET state = 'QUEUED', update_time = %s "
-        "WHERE backfill_id = %s AND ordinal = %s AND state = 'PENDING'",
-        (now, backfill_id, ordinal),
+        f"WHERE backfill_id = %s AND {condition} AND state = 'PENDING'",
+        (now, backfill_id, *params),
     )
-    return bool(cursor.rowcount)
+    if cursor.rowcount == len(ordinals):
+        return True
+    restore_pending(backfill_id, ordinals, now)
+    return False
 
 
-def attach_run(backfill_id: int, ordinal: int, run_id: int, state: str, attempts: int, now: int) -> None:
-    """The dispatcher queued (or adopted) `run_id` for a key it took."""
+def attach_run(
+    backfill_id: int, ordinals: Sequence[int], run_id: int, state: str, attempts: int, now: int
+) -> None:
+    """The dispatcher queued (or adopted) `run_id` for keys it took."""
+    condition, params = _ordinals(ordinals)
     sql.execute(
         "UPDATE backfill_partition SET run_id = %s, state = %s, attempts = attempts + %s, update_time = %s "
-        "WHERE backfill_id = %s AND ordinal = %s AND state = 'QUEUED'",
-        (run_id, state, attempts, now, backfill_id, ordinal),
+        f"WHERE backfill_id = %s AND {condition} AND state = 'QUEUED'",
+        (run_id, state, attempts, now, backfill_id, *params),
     )
 
 
-def restore_pending(backfill_id: int, ordinal: int, now: int) -> None:
-    """Gives back a key the dispatcher took but could not start."""
+def restore_pending(backfill_id: int, ordinals: Sequence[int], now: int) -> None:
+    """Gives back keys the dispatcher took but could not start."""
+    condition, params = _ordinals(ordinals)
     sql.execute(
         "UPDATE backfill_partition SET state = 'PENDING', update_time = %s "
-        "WHERE backfill_id = %s AND ordinal = %s AND state = 'QUEUED'",
-        (now, backfill_id, ordinal),
+        f"WHERE backfill_id = %s AND {condition} AND state = 'QUEUED'",
+        (now, backfill_id, *params),
     )
 
 
@@ -518,17 +544,27 @@ def fail_taken_key(backfill_id: int, ordinal: int, error: str, now: int) -> None
 
 def move_key(key: KeyRow, state: str, attempts: int, error: str | None, now: int) -> bool:
     """The key's run changed: `key.state` -> `state`; False when the key had moved already."""
+    return bool(move_keys([key], state, attempts, error, now))
+
+
+def move_keys(keys: Sequence[KeyRow], state: str, attempts: int, error: str | None, now: int) -> int:
+    """Keys of one backfill, all in one state with one run, follow the run: -> `state`; returns
+    how many moved (keys that had moved already stay)."""
+    first = keys[0]
     error_update = ", last_error = %s" if error is not None else ""
     params: list[Any] = [state, attempts]
     if error is not None:
         params.append(error)
-    params.extend((now, key.backfill_id, key.ordinal, key.state, key.run_id))
-    cursor = sql.execute(
-        f"UPDATE backfill_partition SET state = %s, attempts = attempts + %s{error_update}, update_time = %s "
-        "WHERE backfill_id = %s AND ordinal = %s AND state = %s AND run_id = %s",
-        params,
-    )
-    return bool(cursor.rowcount)
+    moved = 0
+    for start in range(0, len(keys), CHUNK):
+        condition, ordinals = _ordinals([key.ordinal for key in keys[start : start + CHUNK]])
+        cursor = sql.execute(
+            f"UPDATE backfill_partition SET state = %s, attempts = attempts + %s{error_update}, update_time = %s "
+            f"WHERE backfill_id = %s AND {condition} AND state = %s AND run_id = %s",
+            (*params, now, first.backfill_id, *ordinals, first.state, first.run_id),
+        )
+        moved += int(cursor.rowcount)
+    return moved
 
 
 def cancel_pending(backfill_id: int, now: int) -> int:
@@ -603,7 +639,7 @@ def apply_counts(
         conditions.append("state = %s")
         params.append(only_if_state)
     if added_in_flight_cap is not None:
-        conditions.append("queued_count + running_count + %s <= max_concurrent_runs + %s")
+        conditions.append("queued_count + running_count + %s <= max_concurrent_runs * keys_per_run + %s")
         params.extend((added_in_flight_cap, held))
     found = sql.rows(
         f"UPDATE backfill SET {', '.join(sets)} WHERE {' AND '.join(conditions)} "

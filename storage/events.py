@@ -139,6 +139,18 @@ def materialized_after(after_sequence: int, limit: int) -> tuple[list[tuple[int,
     return found, reached
 
 
+# How a ranged run's events list its keys in `data` (server/lifecycle.py key_data).
+RANGED_MARK = '"partition_keys":'
+
+
+def covered_keys(partition_key: str, data: str) -> list[str]:
+    """The keys of the ranged run an event row is about ([] for other events)."""
+    if partition_key or RANGED_MARK not in data:
+        return []
+    found = json.loads(data).get("partition_keys")
+    return [str(key) for key in found] if isinstance(found, list) else []
+
+
 @dataclass(frozen=True)
 class EventFilter:
     """What a watcher wants; the fields combine with AND and an unset field matches everything.
@@ -158,11 +170,21 @@ class EventFilter:
         )
 
     def matches(
-        self, workflow_slug: str, partition_key: str, backfill_id: int | None, run_id: int | None
+        self,
+        workflow_slug: str,
+        partition_key: str,
+        backfill_id: int | None,
+        run_id: int | None,
+        covered_keys: Sequence[str] = (),
     ) -> bool:
+        """`covered_keys`: every key of a ranged run the event is about (its partition_key is '')."""
         return (
             (not self.workflow_slug or workflow_slug == self.workflow_slug)
-            and (not self.partition_keys or partition_key in self.partition_keys)
+            and (
+                not self.partition_keys
+                or partition_key in self.partition_keys
+                or any(key in self.partition_keys for key in covered_keys)
+            )
             and (self.backfill_id is None or backfill_id == self.backfill_id)
             and (self.run_id is None or run_id == self.run_id)
         )
@@ -173,7 +195,10 @@ class EventFilter:
         if self.workflow_slug:
             condition &= RunEvent.workflow_slug == self.workflow_slug
         if self.partition_keys:
-            condition &= RunEvent.partition_key.in_(sorted(self.partition_keys))
+            # Events of ranged runs (key '', their keys in data) are matched exactly by `matches`.
+            condition &= RunEvent.partition_key.in_(sorted(self.partition_keys)) | (
+                (RunEvent.partition_key == "") & RunEvent.data.contains(RANGED_MARK)
+            )
         if self.backfill_id is not None:
             condition &= RunEvent.backfill_id == self.backfill_id
         if self.run_id is not None:
@@ -212,6 +237,15 @@ def scan_events(after_sequence: int, event_filter: EventFilter, limit: int) -> S
         query = query.where(event_filter.condition())
     rows = list(query.order_by(RunEvent.sequence).limit(limit).namedtuples())
     scanned = rows[-1].sequence if len(rows) >= limit else head
+    if event_filter.partition_keys:
+        rows = [
+            row
+            for row in rows
+            if row.partition_key
+            or event_filter.matches(
+                row.workflow_slug, "", row.backfill_id, row.run_id, covered_keys("", row.data)
+            )
+        ]
     return Scan(rows, scanned, oldest, head)
 
 

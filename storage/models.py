@@ -72,6 +72,15 @@ class Run(BaseModel):
     update_time = pw.BigIntegerField()
     # Why a queued run is held (upstream policy WAIT, migration 5); '' when claimable.
     hold_reason = pw.TextField(default="")
+    # A ranged run's keys (migration 7): the inclusive range (time-window and static keys, ''
+    # for dynamic ones) and every covered key as a JSON list; '' for a single-key run, whose
+    # key is `partition_key`.
+    range_start_key = pw.CharField(max_length=255, default="")
+    range_end_key = pw.CharField(max_length=255, default="")
+    range_keys = pw.TextField(default="")
+    # Whether the run claims its keys in `run_slice` while in flight (workflows whose backfill
+    # policy allows ranged runs), so the claims are released when it ends.
+    claims_slices = pw.BooleanField(default=False)
 
 
 class Materialization(BaseModel):
@@ -151,6 +160,8 @@ class Backfill(BaseModel):
     succeeded_count = pw.BigIntegerField(default=0)
     failed_count = pw.BigIntegerField(default=0)
     canceled_count = pw.BigIntegerField(default=0)
+    # Keys one run covers at most (migration 7); max_concurrent_runs times it caps in-flight keys.
+    keys_per_run = pw.BigIntegerField(default=1)
 
 
 class BackfillPartition(BaseModel):
@@ -167,6 +178,17 @@ class BackfillPartition(BaseModel):
 
     class Meta:
         primary_key = pw.CompositeKey("backfill_id", "ordinal")
+
+
+class RunSlice(BaseModel):
+    """A key covered by an in-flight run of a workflow with a ranged backfill policy (migration 7)."""
+
+    workflow_slug = pw.CharField(max_length=128)
+    partition_key = pw.CharField(max_length=255)
+    run_id = pw.BigIntegerField(index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("workflow_slug", "partition_key")
 
 
 class RequestRecord(BaseModel):
@@ -190,6 +212,7 @@ ALL_MODELS: tuple[type[BaseModel], ...] = (
     PartitionState,
     Backfill,
     BackfillPartition,
+    RunSlice,
     RequestRecord,
 )
 

@@ -37,35 +37,49 @@ _SETTLED_STATUS = """CASE
     ELSE 'MATERIALIZED' END"""
 
 
-def mark_in_flight(positions: Mapping[str, SlicePosition], partition_key: str, run_id: int, now: int) -> None:
-    """A run for the slice was queued: the slice of each asset (at its position) is IN_PROGRESS
-    and this is its latest run."""
-    for asset_id, (position, ordinal) in positions.items():
-        sql.execute(
-            "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
-            "in_flight_run_id, update_time) VALUES (%s, %s, %s, %s, 'IN_PROGRESS', %s, %s, %s) "
-            "ON CONFLICT (asset_id, partition_key) DO UPDATE SET status = 'IN_PROGRESS', "
-            "latest_run_id = excluded.latest_run_id, in_flight_run_id = excluded.in_flight_run_id, "
-            "position = excluded.position, ordinal = excluded.ordinal, update_time = excluded.update_time "
-            "WHERE partition_state.latest_run_id IS NULL OR partition_state.latest_run_id <= excluded.latest_run_id",
-            (asset_id, partition_key, position, ordinal, run_id, run_id, now),
-        )
+def mark_in_flight(
+    positions: Mapping[str, Sequence[SlicePosition]], partition_keys: Sequence[str], run_id: int, now: int
+) -> None:
+    """A run for the keys was queued: each key's slice of each asset (at `positions[asset][i]`
+    for `partition_keys[i]`) is IN_PROGRESS and this is its latest run."""
+    sql.execute_many(
+        "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
+        "in_flight_run_id, update_time) VALUES (%s, %s, %s, %s, 'IN_PROGRESS', %s, %s, %s) "
+        "ON CONFLICT (asset_id, partition_key) DO UPDATE SET status = 'IN_PROGRESS', "
+        "latest_run_id = excluded.latest_run_id, in_flight_run_id = excluded.in_flight_run_id, "
+        "position = excluded.position, ordinal = excluded.ordinal, update_time = excluded.update_time "
+        "WHERE partition_state.latest_run_id IS NULL OR partition_state.latest_run_id <= excluded.latest_run_id",
+        [
+            (asset_id, key, position, ordinal, run_id, run_id, now)
+            for asset_id, found in positions.items()
+            for key, (position, ordinal) in zip(partition_keys, found, strict=True)
+        ],
+    )
 
 
-def settle(asset_ids: Sequence[str], partition_key: str, run_id: int, failed: bool, now: int) -> None:
-    """The slice's in-flight run ended without a materialization of it (failed or canceled)."""
-    if not asset_ids:
+def settle(
+    asset_ids: Sequence[str], partition_keys: Sequence[str], run_id: int, failed: bool, now: int
+) -> None:
+    """The keys' in-flight run ended without a materialization of them (failed or canceled)."""
+    if not asset_ids or not partition_keys:
         return
     placeholders = ", ".join(["%s"] * len(asset_ids))
     status = "'FAILED'" if failed else _SETTLED_STATUS
     failure_time = "%s" if failed else "latest_failure_time"
     params: list[object] = [now] if failed else []
-    sql.execute(
-        f"UPDATE partition_state SET in_flight_run_id = NULL, status = {status}, "
-        f"latest_failure_time = {failure_time}, update_time = %s "
-        f"WHERE asset_id IN ({placeholders}) AND partition_key = %s AND in_flight_run_id = %s",
-        (*params, now, *asset_ids, partition_key, run_id),
-    )
+    for start in range(0, len(partition_keys), KEY_CHUNK):
+        chunk = partition_keys[start : start + KEY_CHUNK]
+        sql.execute(
+            f"UPDATE partition_state SET in_flight_run_id = NULL, status = {status}, "
+            f"latest_failure_time = {failure_time}, update_time = %s "
+            f"WHERE asset_id IN ({placeholders}) AND partition_key IN ({', '.join(['%s'] * len(chunk))}) "
+            "AND in_flight_run_id = %s",
+            (*params, now, *asset_ids, *chunk, run_id),
+        )
+
+
+# Keys per IN (...) list (SQLite's default limit is 32,766 parameters).
+KEY_CHUNK = 1000
 
 
 def record_materialization(

@@ -32,6 +32,14 @@ class NewRun:
     trigger_source_id: str = ""
     trigger_principal: str = ""
     backfill_id: int | None = None
+    # Ranged runs (partition_key ''): the range, or the dynamic keys as a JSON list.
+    range_start_key: str = ""
+    range_end_key: str = ""
+    range_keys: str = ""
+    claims_slices: bool = False
+    # Nonzero for ranged runs, whose partition_key '' would otherwise collide in the in-flight
+    # index: unique among the workflow's in-flight runs because their keys cannot overlap.
+    dedupe_slot: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,14 +62,16 @@ def insert_if_no_run_in_flight(new: NewRun, now: int) -> Run | None:
         "INSERT INTO run (workflow_slug, partition_key, backfill_id, dedupe_slot, parameters, "
         "requested_parameters, state, attempt, max_attempts, retry_policy, trigger_kind, trigger_source_id, "
         "trigger_principal, labels, worker_id, lease_id, progress, progress_message, error_message, "
-        "cancel_requested, create_time, update_time) "
-        "VALUES (%s, %s, %s, 0, %s, %s, 'QUEUED', 1, %s, %s, %s, %s, %s, %s, '', '', 0, '', '', %s, %s, %s) "
+        "cancel_requested, create_time, update_time, range_start_key, range_end_key, range_keys, claims_slices) "
+        "VALUES (%s, %s, %s, %s, %s, %s, 'QUEUED', 1, %s, %s, %s, %s, %s, %s, '', '', 0, '', '', %s, %s, %s, "
+        "%s, %s, %s, %s) "
         "ON CONFLICT (workflow_slug, partition_key, dedupe_slot) WHERE state IN ('QUEUED', 'RUNNING') "
         "DO NOTHING",
         (
             new.workflow_slug,
             new.partition_key,
             new.backfill_id,
+            new.dedupe_slot,
             new.parameters,
             new.requested_parameters,
             new.max_attempts,
@@ -73,9 +83,62 @@ def insert_if_no_run_in_flight(new: NewRun, now: int) -> Run | None:
             False,
             now,
             now,
+            new.range_start_key,
+            new.range_end_key,
+            new.range_keys,
+            new.claims_slices,
         ),
     )
     return inserted[0] if inserted else None
+
+
+def claim_slices(workflow_slug: str, partition_keys: Sequence[str], run_id: int) -> bool:
+    """Claims every key for the in-flight run `run_id`; False (claiming none) when another
+    in-flight run of the workflow holds one. The primary key decides, as for single keys; DO
+    NOTHING keeps the PostgreSQL transaction usable after a conflict."""
+    claimed = 0
+    for start in range(0, len(partition_keys), SLICE_CHUNK):
+        chunk = partition_keys[start : start + SLICE_CHUNK]
+        cursor = sql.execute(
+            "INSERT INTO run_slice (workflow_slug, partition_key, run_id) VALUES "
+            + ", ".join(["(%s, %s, %s)"] * len(chunk))
+            + " ON CONFLICT (workflow_slug, partition_key) DO NOTHING",
+            [value for key in chunk for value in (workflow_slug, key, run_id)],
+        )
+        claimed += int(cursor.rowcount)
+    if claimed == len(partition_keys):
+        return True
+    release_slices(run_id)
+    return False
+
+
+# Rows per multi-row INSERT (3 parameters each, far below SQLite's 32,766 parameter limit).
+SLICE_CHUNK = 1000
+
+
+def release_slices(run_id: int) -> None:
+    sql.execute("DELETE FROM run_slice WHERE run_id = %s", (run_id,))
+
+
+def slice_holders(workflow_slug: str, partition_keys: Sequence[str]) -> list[int]:
+    """Ids of the in-flight runs that hold any of the keys, oldest first."""
+    holders: set[int] = set()
+    for start in range(0, len(partition_keys), SLICE_CHUNK):
+        chunk = partition_keys[start : start + SLICE_CHUNK]
+        holders.update(
+            int(row[0])
+            for row in sql.rows(
+                "SELECT DISTINCT run_id FROM run_slice WHERE workflow_slug = %s "
+                f"AND partition_key IN ({', '.join(['%s'] * len(chunk))})",
+                (workflow_slug, *chunk),
+            )
+        )
+    return sorted(holders)
+
+
+def delete_run(run_id: int) -> None:
+    """Takes back a run inserted in this transaction whose keys turned out to be taken."""
+    sql.execute("DELETE FROM run WHERE id = %s", (run_id,))
 
 
 def _one(found: list[Run]) -> Run | None:

@@ -28,6 +28,21 @@ def execute(query: str, params: Sequence[Any] = ()) -> Any:
     return db.execute_sql(query, tuple(params))
 
 
+def execute_many(query: str, param_rows: Sequence[Sequence[Any]]) -> None:
+    """Runs `query` once per parameter row in one driver call (bulk writes of ranged runs)."""
+    if len(param_rows) == 1:
+        execute(query, param_rows[0])
+        return
+    db = _database()
+    if isinstance(db, pw.SqliteDatabase):
+        query = query.replace("%s", "?")
+    cursor = db.cursor()
+    try:
+        cursor.executemany(query, [tuple(params) for params in param_rows])
+    finally:
+        cursor.close()
+
+
 def rows(query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     return list(execute(query, params).fetchall())
 

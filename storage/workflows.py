@@ -122,3 +122,12 @@ def count_assets(workflow_slug: str) -> int:
     if workflow_slug:
         query = query.where(Asset.workflow_slug == workflow_slug)
     return int(query.count())
+
+
+def has_runs_in_flight(workflow_slug: str) -> bool:
+    return bool(
+        sql.rows(
+            "SELECT 1 FROM run WHERE workflow_slug = %s AND state IN ('QUEUED', 'RUNNING') LIMIT 1",
+            (workflow_slug,),
+        )
+    )

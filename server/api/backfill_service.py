@@ -227,7 +227,7 @@ class BackfillServicer(backfill_pb2_grpc.BackfillServiceServicer):
             chosen = (
                 keys if definition.update_time == version else backfills.plan_keys(definition, selection, now)
             )
-            row = backfills.create_tx(outbox, new, chosen, micros(now))
+            row = backfills.create_tx(outbox, new, chosen, micros(now), definition.max_keys_per_run)
             return backfill_pb2.CreateBackfillResponse(backfill=backfill_message(row))
 
         return await once(

@@ -34,6 +34,11 @@ def run_message(row: Run) -> run_pb2.Run:
         cancel_requested=bool(row.cancel_requested),
         hold_reason=row.hold_reason,
     )
+    if row.range_start_key:
+        run.partition_range.start_key = row.range_start_key
+        run.partition_range.end_key = row.range_end_key
+    elif row.range_keys:
+        run.partition_keys.extend(json.loads(row.range_keys))
     run.parameters.update(json.loads(row.parameters or "{}"))
     run.requested_parameters.update(json.loads(row.requested_parameters or "{}"))
     for name in ("next_attempt_time", "create_time", "start_time", "end_time", "lease_expire_time"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ from server.api.pagination import PageToken, decode_page_token, page_size, query
 from server.api.pending import with_pending_rpcs
 from server.auth import current_principal_name
 from server.catalog import WorkflowDefinition
-from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, ViolationCollector
 from server.domain.names import slug_violation
 from server.domain.retry import RetryPolicy
 from server.streams import watch_request
@@ -60,9 +61,16 @@ def require_workflow(context: ServiceContext, slug: str, field: str = "workflow_
     return definition
 
 
+# Ranged runs share partition_key '' and so take a dedupe slot of their own in the run table's
+# in-flight index: this base plus their first key's position (two in-flight runs of a workflow
+# never share a key, so never a slot), far from the 0 of single-key runs and from the run ids
+# that in-flight runs carried over from version 1 use.
+RANGED_SLOT_BASE = 2**62
+
+
 def new_run(
     definition: WorkflowDefinition,
-    partition_key: str,
+    coverage: keys.Coverage,
     requested: dict[str, Any],
     labels: dict[str, str],
     trigger_kind: str,
@@ -73,9 +81,10 @@ def new_run(
 ) -> runs.NewRun:
     effective = {**definition.default_parameters, **requested}
     retry = policy or definition.retry_policy
+    first_asset = min(coverage.positions, default="")
     return runs.NewRun(
         workflow_slug=definition.slug,
-        partition_key=partition_key,
+        partition_key="" if coverage.ranged else coverage.keys[0],
         parameters=convert.dumps(effective),
         requested_parameters=convert.dumps(requested),
         labels=convert.dumps(labels),
@@ -85,7 +94,61 @@ def new_run(
         trigger_source_id=source_id,
         trigger_principal=principal,
         backfill_id=backfill_id,
+        range_start_key=coverage.start_key,
+        range_end_key=coverage.end_key,
+        range_keys=convert.dumps(list(coverage.keys)) if coverage.ranged else "",
+        claims_slices=definition.ranged,
+        dedupe_slot=RANGED_SLOT_BASE + coverage.positions[first_asset][0].position if coverage.ranged else 0,
     )
+
+
+def requested_coverage(
+    definition: WorkflowDefinition, request: run_pb2.EnqueueRunRequest, now: datetime
+) -> keys.Coverage:
+    """The keys an EnqueueRun asks for: one partition_key, or (workflows whose backfill policy
+    allows ranged runs) a partition_range of time-window or static keys or a list of dynamic
+    partition_keys. A range or list of one key is an ordinary single-key run."""
+    ranged_fields = [
+        name
+        for name, given in (
+            ("partition_range", request.HasField("partition_range")),
+            ("partition_keys", bool(request.partition_keys)),
+        )
+        if given
+    ]
+    if not ranged_fields:
+        return keys.single(definition, request.partition_key, now)
+    collector = ViolationCollector()
+    if request.partition_key:
+        collector.add("partition_key", f"give either partition_key or {ranged_fields[0]}, not both")
+    if len(ranged_fields) > 1:
+        collector.add("partition_keys", "give either partition_range or partition_keys, not both")
+    if not definition.ranged:
+        collector.add(
+            ranged_fields[0],
+            f"workflow {definition.slug!r} runs one key per run; set its backfill_policy.max_keys_per_run "
+            "to 0 or more than 1 for ranged runs",
+        )
+    collector.raise_if_any("invalid run keys")
+    if request.HasField("partition_range"):
+        bounds = request.partition_range
+        coverage = keys.resolve_range(
+            definition, bounds.start_key, bounds.end_key, now, field="partition_range"
+        )
+    else:
+        coverage = keys.resolve_key_list(
+            definition, list(request.partition_keys), now, field="partition_keys"
+        )
+    limit = definition.max_keys_per_run
+    if limit and len(coverage.keys) > limit:
+        raise InvalidArgument.for_field(
+            ranged_fields[0],
+            f"covers {len(coverage.keys):,} keys; workflow {definition.slug!r} allows at most {limit:,} a run "
+            "(backfill_policy.max_keys_per_run)",
+        )
+    if len(coverage.keys) == 1:
+        return keys.single(definition, coverage.keys[0], now)
+    return coverage
 
 
 def principal_of(context: grpc.aio.ServicerContext) -> str:
@@ -115,11 +178,11 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         def enqueue(outbox: Outbox) -> run_pb2.EnqueueRunResponse:
             nonlocal created
             definition = require_workflow(self.context, request.workflow_slug)
-            positions = keys.resolve_positions(definition, request.partition_key, now)
+            coverage = requested_coverage(definition, request, now)
             run, created = lifecycle.enqueue_tx(
                 outbox,
-                new_run(definition, request.partition_key, requested, labels, "MANUAL", principal),
-                positions,
+                new_run(definition, coverage, requested, labels, "MANUAL", principal),
+                coverage,
                 now,
                 use_existing=use_existing,
             )
@@ -206,10 +269,10 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                     metadata={"run_id": str(run_id)},
                 )
             definition = require_workflow(self.context, original.workflow_slug)
-            positions = keys.resolve_positions(definition, original.partition_key, now, register=False)
+            coverage = keys.of_run(definition, original, now)
             fresh = new_run(
                 definition,
-                original.partition_key,
+                coverage,
                 json.loads(original.requested_parameters or "{}"),
                 json.loads(original.labels or "{}"),
                 "RETRY",
@@ -218,7 +281,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                 backfill_id=original.backfill_id,
                 policy=lifecycle.policy_of(original),
             )
-            run, _ = lifecycle.enqueue_tx(outbox, fresh, positions, now, use_existing=False)
+            run, _ = lifecycle.enqueue_tx(outbox, fresh, coverage, now, use_existing=False)
             return run_pb2.RetryRunResponse(run=run_message(run))
 
         response = await once(self.context, "RetryRun", request, run_pb2.RetryRunResponse, retry)

@@ -19,7 +19,7 @@ from server.api.pending import with_pending_rpcs
 from server.api.run_service import parse_id
 from server.domain.errors import FailedPrecondition, InvalidArgument, ViolationCollector
 from server.domain.names import slug_violation
-from server.results import record_materializations, resolve_result_positions, validated_result_assets
+from server.results import complete_tx
 from storage import requests
 from storage.events import Outbox
 from storage.models import Run, micros
@@ -175,21 +175,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             run = lifecycle.leased_run(run_id, request.lease_id, now)
             definition = self.context.catalog.workflow(run.workflow_slug)
             assert definition is not None, "a run's workflow is never deleted"
-            reported_assets = list(request.assets) or [
-                asset_pb2.ResultAsset(asset_id=asset_id) for asset_id in definition.produced_asset_ids
-            ]
-            fields = [f"assets[{index}]" for index in range(len(reported_assets))]
-            reported = validated_result_assets(
-                definition, reported_assets, run.partition_key, fields, limits.max_artifacts_per_asset
+            recorded = complete_tx(
+                outbox, self.context.catalog, definition, run, request, now, limits.max_artifacts_per_asset
             )
-            positions = resolve_result_positions(definition, reported, fields, now)
-            # Materializations first, SUCCEEDED last: a watcher that stops at SUCCEEDED has seen them.
-            recorded = record_materializations(
-                outbox, definition, reported, run, now_us, positions, catalog=self.context.catalog
-            )
-            lifecycle.succeed_tx(outbox, run, now)
-            at_run_key = {row.asset_id for row in recorded if row.partition_key == run.partition_key}
-            lifecycle.settle_unmaterialized_tx(definition, run, at_run_key, now)
             response = worker_pb2.CompleteRunResponse(
                 materializations=[materialization_message(row) for row in recorded]
             )

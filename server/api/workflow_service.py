@@ -13,6 +13,7 @@ from server.api.context import ServiceContext
 from server.api.idempotency import once
 from server.api.pagination import PageToken, decode_page_token, page_size, query_fingerprint
 from server.api.pending import with_pending_rpcs
+from server.catalog import max_keys_per_run
 from server.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -65,6 +66,7 @@ def _validated_assets(workflow: workflow_pb2.Workflow) -> list[ProducedAsset]:
         produces=produced,
         consumes=[dependency.asset_id for dependency in workflow.consumes],
         max_concurrent_runs=workflow.max_concurrent_runs,
+        max_keys_per_run=max_keys_per_run(workflow),
     )
     collector.violations.extend(workflow_violations(shape))
     if workflow.HasField("retry_policy"):
@@ -129,6 +131,21 @@ def stored_spec(asset: workflows.AssetRow) -> PartitionSpec | None:
     return convert.partition_spec(definition, "partitioning")
 
 
+def _check_backfill_policy_change(context: ServiceContext, workflow: workflow_pb2.Workflow) -> None:
+    """Runs of a ranged workflow claim their keys in run_slice and other runs do not, so a switch
+    between the two must not happen while runs are in flight (they would not see each other)."""
+    old = context.catalog.workflow(workflow.slug)
+    if old is None or old.ranged == (max_keys_per_run(workflow) != 1):
+        return
+    if workflows.has_runs_in_flight(workflow.slug):
+        raise FailedPrecondition(
+            "workflow.backfill_policy.max_keys_per_run switches between one key per run and ranged "
+            f"runs while runs of workflow {workflow.slug!r} are queued or running; let them end first",
+            reason="RUNS_IN_FLIGHT",
+            metadata={"workflow_slug": workflow.slug},
+        )
+
+
 @with_pending_rpcs("partita.v1.WorkflowService")
 class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
@@ -151,6 +168,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         def register(outbox: Outbox) -> workflow_pb2.RegisterWorkflowResponse:
             # Schedule state first: the schedule loop locks it before any partition state.
             schedules.register_tx(workflow, produced, now)
+            _check_backfill_policy_change(self.context, workflow)
             owners = workflows.assets_by_id([asset.asset_id for asset in produced])
             rows = []
             for index, (declaration, asset) in enumerate(zip(workflow.produces, produced, strict=True)):

@@ -24,6 +24,7 @@ class WorkflowShape:
     produces: Sequence[ProducedAsset]
     consumes: Sequence[str]
     max_concurrent_runs: int
+    max_keys_per_run: int = 1
 
 
 def workflow_violations(shape: WorkflowShape, field: str = "workflow") -> list[FieldViolation]:
@@ -60,6 +61,23 @@ def workflow_violations(shape: WorkflowShape, field: str = "workflow") -> list[F
                 asset_field, f"{asset_id!r} is produced by the same workflow; it cannot read itself"
             )
         consumed_ids.add(asset_id)
+    if shape.max_keys_per_run < 0:
+        collector.add(
+            f"{field}.backfill_policy.max_keys_per_run",
+            "must not be negative (1 = a run per key, 0 = the whole selection in one run)",
+        )
+    elif shape.max_keys_per_run != 1:
+        if workflow_spec(shape.produces) is None:
+            collector.add(
+                f"{field}.backfill_policy.max_keys_per_run",
+                "ranged runs need partitions: an unpartitioned workflow has one slice (omit it or use 1)",
+            )
+        if shape.consumes:
+            # A ranged run's upstream inputs would be a union of slices per key: not tracked yet.
+            collector.add(
+                f"{field}.backfill_policy.max_keys_per_run",
+                "ranged runs are not available to workflows that consume assets yet (use 1)",
+            )
     if shape.max_concurrent_runs < 0:
         collector.add(f"{field}.max_concurrent_runs", "must not be negative (0 = unlimited)")
     return collector.violations

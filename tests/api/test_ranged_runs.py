@@ -1,0 +1,264 @@
+"""Ranged runs through the real server: EnqueueRun with a range or a key list, validation,
+in-flight overlap (refused, or adopted when identical), per-key completion, FailRun, WatchRuns
+and ListPartitions under every covered key, and backfills split into ranged runs whose failed
+keys RetryBackfill regroups."""
+
+from __future__ import annotations
+
+import grpc
+
+from partita.v1 import (
+    asset_pb2,
+    asset_pb2_grpc,
+    backfill_pb2,
+    backfill_pb2_grpc,
+    partitions_pb2,
+    run_pb2,
+    run_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
+from tests.api.test_backfills import ALL, create, partitions, static, wait_for_state
+from tests.api.test_runs import DAILY, claim, enqueue, register
+from tests.rpc import expect_error
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+K = backfill_pb2.BackfillPartitionState
+P = asset_pb2.PartitionStatus
+
+
+def ranged_policy(max_keys: int) -> workflow_pb2.BackfillPolicy:
+    return workflow_pb2.BackfillPolicy(max_keys_per_run=max_keys)
+
+
+def span(start: str, end: str) -> partitions_pb2.PartitionRange:
+    return partitions_pb2.PartitionRange(start_key=start, end_key=end)
+
+
+def statuses(stub: asset_pb2_grpc.AssetServiceStub, asset_id: str) -> dict[str, tuple[int, str]]:
+    """Touched keys -> (status, latest run id)."""
+    page = stub.ListPartitions(asset_pb2.ListPartitionsRequest(asset_id=asset_id, page_size=1000))
+    return {
+        p.partition_key: (p.status, p.latest_run.id)
+        for p in page.partitions
+        if p.status != asset_pb2.PARTITION_STATUS_MISSING
+    }
+
+
+def result(asset_id: str, *keys: str) -> list[asset_pb2.ResultAsset]:
+    return [asset_pb2.ResultAsset(asset_id=asset_id, partition_key=key) for key in keys]
+
+
+def test_ranged_runs_validate_dedupe_complete_and_show_under_each_key(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    run_stub: run_pb2_grpc.RunServiceStub,
+    worker_stub: worker_pb2_grpc.WorkerServiceStub,
+    asset_stub: asset_pb2_grpc.AssetServiceStub,
+) -> None:
+    register(workflow_stub, "days", DAILY, backfill_policy=ranged_policy(10))
+    register(workflow_stub, "per-key", DAILY)
+    register(
+        workflow_stub,
+        "found",
+        partitions_pb2.PartitionsDefinition(dynamic=partitions_pb2.DynamicPartitions(key_pattern="c-[0-9]+")),
+        backfill_policy=ranged_policy(0),
+    )
+    enqueue_run = run_stub.EnqueueRun
+
+    def request(slug: str = "days", **fields: object) -> run_pb2.EnqueueRunRequest:
+        return run_pb2.EnqueueRunRequest(workflow_slug=slug, **fields)  # type: ignore[arg-type]
+
+    # Validation: precise fields, nothing written.
+    bad = [
+        (request("per-key", partition_range=span("2024-01-01", "2024-01-02")), ["partition_range"]),
+        (
+            request(partition_key="2024-01-01", partition_range=span("2024-01-01", "2024-01-02")),
+            ["partition_key"],
+        ),
+        (request(partition_range=span("2024-01-05", "2024-01-01")), ["partition_range.end_key"]),
+        (
+            request(partition_range=span("2023-12-31", "2024-01-01x")),
+            ["partition_range.start_key", "partition_range.end_key"],
+        ),
+        (request(partition_range=span("2024-01-01", "2024-01-20")), ["partition_range"]),
+        (request(partition_keys=["2024-01-01", "2024-01-02"]), ["partition_keys"]),
+        (request("found", partition_range=span("c-1", "c-2")), ["partition_range"]),
+        (request("found", partition_keys=["c-1", "nope", "c-1"]), ["partition_keys[1]", "partition_keys[2]"]),
+    ]
+    for wrong, fields in bad:
+        failure = expect_error(enqueue_run, wrong, INVALID)
+        assert sorted(failure.fields) == sorted(fields), (wrong, failure)
+    assert run_stub.ListRuns(run_pb2.ListRunsRequest()).total_size == 0
+    negative = workflow_pb2.Workflow(
+        slug="neg",
+        produces=[workflow_pb2.AssetDeclaration(asset_id="neg/out", partitioning=DAILY)],
+        backfill_policy=ranged_policy(-1),
+    )
+    failure = expect_error(
+        workflow_stub.RegisterWorkflow, workflow_pb2.RegisterWorkflowRequest(workflow=negative), INVALID
+    )
+    assert failure.fields == ["workflow.backfill_policy.max_keys_per_run"]
+
+    # A range: partition_key '', the range on the run; overlaps are refused, identical adopted.
+    first = enqueue_run(request(partition_range=span("2024-01-01", "2024-01-05"))).run
+    assert (first.partition_key, first.partition_range.start_key, first.partition_range.end_key) == (
+        "",
+        "2024-01-01",
+        "2024-01-05",
+    )
+    use_existing = run_pb2.CONFLICT_POLICY_USE_EXISTING
+    again = enqueue_run(
+        request(partition_range=span("2024-01-01", "2024-01-05"), on_conflict=use_existing)
+    ).run
+    assert again.id == first.id
+    for overlapping in (
+        request(partition_range=span("2024-01-03", "2024-01-07"), on_conflict=use_existing),
+        request(partition_range=span("2024-01-02", "2024-01-03")),
+        request(partition_key="2024-01-04", on_conflict=use_existing),
+    ):
+        failure = expect_error(enqueue_run, overlapping, grpc.StatusCode.ALREADY_EXISTS)
+        assert failure.reason == "RUN_IN_FLIGHT" and failure.info is not None
+        assert failure.info.metadata["run_id"] == first.id
+    beside = enqueue(run_stub, "days", "2024-01-06")
+    assert not beside.HasField("partition_range")
+    run_stub.CancelRun(run_pb2.CancelRunRequest(run_id=beside.id))
+    listed = enqueue_run(request("found", partition_keys=["c-2", "c-1"])).run
+    assert list(listed.partition_keys) == ["c-2", "c-1"]  # registry order: c-2 was registered first
+
+    # ListPartitions and WatchRuns show the ranged run under every key it covers.
+    shown = statuses(asset_stub, "days/out")
+    for day in range(1, 6):
+        assert shown[f"2024-01-0{day}"] == (P.PARTITION_STATUS_IN_PROGRESS, first.id)
+    watch = run_stub.WatchRuns(run_pb2.WatchRunsRequest(partition_keys=["2024-01-03"]), timeout=10)
+    event = next(iter(watch)).event
+    watch.cancel()
+    assert (event.run_id, event.type) == (first.id, run_pb2.RUN_EVENT_TYPE_QUEUED)
+
+    # CompleteRun accounts for every key: reported, failed, or all_keys_succeeded.
+    lease = claim(worker_stub, "days")
+    assert lease.run.id == first.id and lease.run.partition_range.end_key == "2024-01-05"
+
+    def complete(**fields: object) -> worker_pb2.CompleteRunRequest:
+        return worker_pb2.CompleteRunRequest(run_id=first.id, lease_id=lease.lease_id, **fields)  # type: ignore[arg-type]
+
+    failure = expect_error(
+        worker_stub.CompleteRun, complete(assets=result("days/out", "2024-01-01")), INVALID
+    )
+    assert failure.fields == ["assets"] and "'2024-01-02'" in failure.message
+    failure = expect_error(
+        worker_stub.CompleteRun,
+        complete(failed_partition_keys=["2024-01-09", "2024-01-02", "2024-01-02"], all_keys_succeeded=True),
+        INVALID,
+    )
+    assert sorted(failure.fields) == [
+        "all_keys_succeeded",
+        "failed_partition_keys[0]",
+        "failed_partition_keys[2]",
+    ]
+    done = worker_stub.CompleteRun(
+        complete(
+            assets=result("days/out", "2024-01-01", "2024-01-03", "2024-01-05"),
+            failed_partition_keys=["2024-01-02", "2024-01-04"],
+        )
+    )
+    assert sorted(m.partition_key for m in done.materializations) == [
+        "2024-01-01",
+        "2024-01-03",
+        "2024-01-05",
+    ]
+    ended = run_stub.GetRun(run_pb2.GetRunRequest(run_id=first.id)).run
+    assert ended.state == run_pb2.RUN_STATE_FAILED and "2 of 5 keys failed" in ended.error_message
+    shown = statuses(asset_stub, "days/out")
+    assert {key for key, (status, _) in shown.items() if status == P.PARTITION_STATUS_FAILED} == {
+        "2024-01-02",
+        "2024-01-04",
+    }
+    assert {key for key, (status, _) in shown.items() if status == P.PARTITION_STATUS_MATERIALIZED} == {
+        "2024-01-01",
+        "2024-01-03",
+        "2024-01-05",
+    }
+
+    # all_keys_succeeded: artifact-less materializations of every unreported key.
+    second = enqueue_run(request(partition_range=span("2024-01-10", "2024-01-12"))).run
+    lease = claim(worker_stub, "days")
+    assert lease.run.id == second.id
+    done = worker_stub.CompleteRun(
+        worker_pb2.CompleteRunRequest(run_id=second.id, lease_id=lease.lease_id, all_keys_succeeded=True)
+    )
+    assert [m.partition_key for m in done.materializations] == ["2024-01-10", "2024-01-11", "2024-01-12"]
+    assert run_stub.GetRun(run_pb2.GetRunRequest(run_id=second.id)).run.state == run_pb2.RUN_STATE_SUCCEEDED
+
+    # FailRun of a ranged run fails every key it covers; then the keys are free again.
+    third = enqueue_run(request(partition_range=span("2024-01-20", "2024-01-22"))).run
+    lease = claim(worker_stub, "days")
+    worker_stub.FailRun(
+        worker_pb2.FailRunRequest(
+            run_id=third.id, lease_id=lease.lease_id, error_message="boom", retryable=False
+        )
+    )
+    shown = statuses(asset_stub, "days/out")
+    assert [shown[f"2024-01-2{day}"] for day in range(3)] == [(P.PARTITION_STATUS_FAILED, third.id)] * 3
+    assert enqueue(run_stub, "days", "2024-01-21").partition_key == "2024-01-21"
+
+
+def drain(
+    worker_stub: worker_pb2_grpc.WorkerServiceStub, slug: str, failing: set[str], key_lists: list[list[str]]
+) -> None:
+    """Claims and completes runs until none comes, failing the keys in `failing`."""
+    while True:
+        lease = claim(worker_stub, slug, wait=2)
+        if not lease.HasField("run"):
+            return
+        run = lease.run
+        covered = list(run.partition_keys)
+        if run.HasField("partition_range"):
+            first, last = int(run.partition_range.start_key[1:]), int(run.partition_range.end_key[1:])
+            covered = [f"k{i:03d}" for i in range(first, last + 1)]
+        covered = covered or [run.partition_key]
+        key_lists.append(covered)
+        failed = [key for key in covered if key in failing]
+        request = worker_pb2.CompleteRunRequest(run_id=run.id, lease_id=lease.lease_id)
+        if failed:
+            request.failed_partition_keys.extend(failed)
+            request.assets.extend(result(f"{slug}/out", *(key for key in covered if key not in failing)))
+        else:
+            request.all_keys_succeeded = True
+        worker_stub.CompleteRun(request)
+
+
+def test_backfill_splits_into_ranged_runs_and_retry_regroups_failed_keys(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    worker_stub: worker_pb2_grpc.WorkerServiceStub,
+    backfill_stub: backfill_pb2_grpc.BackfillServiceStub,
+    asset_stub: asset_pb2_grpc.AssetServiceStub,
+) -> None:
+    register(workflow_stub, "big", static(1000), backfill_policy=ranged_policy(100))
+    backfill = create(backfill_stub, "big", ALL, max_concurrent_runs=4)
+    failing = {"k005", "k006", "k007", "k500", "k999"}
+    key_lists: list[list[str]] = []
+    drain(worker_stub, "big", failing, key_lists)
+    done = wait_for_state(backfill_stub, backfill.id, backfill_pb2.BACKFILL_STATE_COMPLETED_WITH_FAILURES)
+    assert len(key_lists) == 10 and all(len(keys) == 100 for keys in key_lists)
+    assert (done.counts.succeeded, done.counts.failed) == (995, 5)
+    assert {
+        p.partition_key for p in partitions(backfill_stub, backfill.id, K.BACKFILL_PARTITION_STATE_FAILED)
+    } == (failing)
+    failed_states = {
+        key
+        for key, (status, _) in statuses(asset_stub, "big/out").items()
+        if status == P.PARTITION_STATUS_FAILED
+    }
+    assert failed_states == failing
+
+    # RetryBackfill: the failed keys run again in contiguous groups.
+    backfill_stub.RetryBackfill(backfill_pb2.RetryBackfillRequest(backfill_id=backfill.id))
+    key_lists.clear()
+    drain(worker_stub, "big", set(), key_lists)
+    wait_for_state(backfill_stub, backfill.id, backfill_pb2.BACKFILL_STATE_COMPLETED)
+    assert sorted(key_lists) == [["k005", "k006", "k007"], ["k500"], ["k999"]]
+    assert not any(
+        status != P.PARTITION_STATUS_MATERIALIZED for status, _ in statuses(asset_stub, "big/out").values()
+    )
