@@ -83,14 +83,14 @@ def record_materializations(
     """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events;
     a run's materializations carry the upstream inputs recorded when it was claimed, and the
     lineage of upstream and downstream keys moves with them (server/lineage.py)."""
-    recorded = []
     inputs = lineage.inputs_json(run)
-    for asset, key in reported:
-        row = materializations.insert(
+    run_id = run.id if run is not None else None
+    recorded = materializations.insert_all(
+        [
             materializations.NewMaterialization(
                 asset_id=asset.asset_id,
                 partition_key=key,
-                run_id=run.id if run is not None else None,
+                run_id=run_id,
                 artifacts=convert.dumps(
                     [json_format.MessageToDict(a, preserving_proto_field_name=True) for a in asset.artifacts]
                 ),
@@ -98,26 +98,38 @@ def record_materializations(
                 if asset.payload.fields
                 else "{}",
                 inputs=inputs,
-            ),
-            now_us,
-        )
-        partition_state.record_materialization(
-            asset.asset_id, key, positions_of[(asset.asset_id, key)], row.id, run.id if run else None, now_us
-        )
+            )
+            for asset, key in reported
+        ],
+        now_us,
+    )
+    partition_state.record_materializations(
+        [
+            partition_state.RecordedSlice(
+                row.asset_id,
+                row.partition_key,
+                positions_of[(row.asset_id, row.partition_key)],
+                row.id,
+                run_id,
+            )
+            for row in recorded
+        ],
+        now_us,
+    )
+    for row in recorded:
         outbox.add(
             NewEvent(
                 type="MATERIALIZED",
                 workflow_slug=definition.slug,
-                run_id=run.id if run else None,
-                partition_key=key,
+                run_id=run_id,
+                partition_key=row.partition_key,
                 backfill_id=run.backfill_id if run else None,
                 state=run.state if run else "",
                 attempt=run.attempt if run else 0,
-                asset_id=asset.asset_id,
+                asset_id=row.asset_id,
                 materialization_ids=[row.id],
             )
         )
-        recorded.append(row)
     lineage.on_materialized(catalog or Catalog(), definition, recorded, run, positions_of, now_us)
     return recorded
 

@@ -25,6 +25,8 @@ from storage import sql
 from storage.models import RunEvent
 
 EVENT_ORDER_LOCK = 0x7061727469746132
+# Events per INSERT: well under every engine's limit on bound parameters (13 an event).
+EVENT_INSERT_CHUNK = 500
 # The LISTEN/NOTIFY channel that wakes the event followers of every replica (PostgreSQL).
 EVENTS_CHANNEL = "partita_events"
 
@@ -77,17 +79,14 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (EVENT_ORDER_LOCK,))
     # Plain SQL: peewee's query builder costs more than the insert itself on this hot path.
     placeholder = "?" if isinstance(db, pw.SqliteDatabase) else "%s"
-    statement = (
-        "INSERT INTO run_event (time, run_id, workflow_slug, partition_key, backfill_id, asset_id, type, "
-        "state, attempt, progress, message, materialization_ids, data) VALUES ("
-        + ", ".join([placeholder] * 13)
-        + ") RETURNING sequence"
-    )
-    sequences = []
-    for event in events:
-        row = db.execute_sql(
-            statement,
-            (
+    row_values = "(" + ", ".join([placeholder] * 13) + ")"
+    sequences: list[int] = []
+    for start in range(0, len(events), EVENT_INSERT_CHUNK):
+        chunk = events[start : start + EVENT_INSERT_CHUNK]
+        params = [
+            value
+            for event in chunk
+            for value in (
                 now_micros,
                 event.run_id,
                 event.workflow_slug,
@@ -101,9 +100,18 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
                 event.message,
                 json.dumps(list(event.materialization_ids)),
                 _COMPACT.encode(event.data),
-            ),
-        ).fetchone()
-        sequences.append(int(row[0]))
+            )
+        ]
+        # One statement a chunk: its rows take their sequences in VALUES order, which is the
+        # order the events were added in.
+        found = db.execute_sql(
+            "INSERT INTO run_event (time, run_id, workflow_slug, partition_key, backfill_id, asset_id, "
+            "type, state, attempt, progress, message, materialization_ids, data) VALUES "
+            + ", ".join([row_values] * len(chunk))
+            + " RETURNING sequence",
+            params,
+        ).fetchall()
+        sequences.extend(sorted(int(row[0]) for row in found))
     if sequences and isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql(  # type: ignore[no-untyped-call]
             "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(max(sequences)))

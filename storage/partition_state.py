@@ -9,6 +9,7 @@ concurrent transitions of different runs cannot overwrite each other's facts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from storage import sql
@@ -82,16 +83,12 @@ def settle(
 KEY_CHUNK = 1000
 
 
-def record_materialization(
-    asset_id: str,
-    partition_key: str,
-    where: SlicePosition,
-    materialization_id: int,
-    run_id: int | None,
-    now: int,
-) -> None:
-    """A materialization of the slice was recorded; if `run_id` was its in-flight run, that run ended."""
-    sql.execute(
+def record_materializations(recorded: Sequence[RecordedSlice], now: int) -> None:
+    """Materializations of the slices were recorded; where a slice's in-flight run was the one
+    that recorded it, that run ended."""
+    if not recorded:
+        return
+    sql.execute_many(
         "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
         "latest_materialization_id, latest_materialization_time, update_time) "
         "VALUES (%s, %s, %s, %s, 'MATERIALIZED', %s, %s, %s, %s) "
@@ -105,19 +102,31 @@ def record_materialization(
         "update_time = excluded.update_time "
         "WHERE partition_state.latest_materialization_id IS NULL "
         "OR partition_state.latest_materialization_id < excluded.latest_materialization_id",
-        (
-            asset_id,
-            partition_key,
-            where.position,
-            where.ordinal,
-            run_id,
-            materialization_id,
-            now,
-            now,
-            run_id or -1,
-            run_id or -1,
-        ),
+        [
+            (
+                item.asset_id,
+                item.partition_key,
+                item.where.position,
+                item.where.ordinal,
+                item.run_id,
+                item.materialization_id,
+                now,
+                now,
+                item.run_id or -1,
+                item.run_id or -1,
+            )
+            for item in recorded
+        ],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSlice:
+    asset_id: str
+    partition_key: str
+    where: SlicePosition
+    materialization_id: int
+    run_id: int | None
 
 
 def rebuild_state() -> None:
