@@ -26,8 +26,12 @@ docs:
 run:
 	$(BIN)/python -m server --listen $(LISTEN) --database $(DATABASE)
 
+# Two processes, a test file each at a time (server subprocesses leave the cores idle while they
+# wait); the PostgreSQL restart test runs alone afterwards, since it stops the cluster under
+# every other test's feet.
 test:
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not pg_restart"
+	$(BIN)/pytest -q -m pg_restart
 
 lint:
 	$(BIN)/ruff check .
