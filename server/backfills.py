@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -917,6 +917,52 @@ def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], no
     )
     log_event(logger, "backfill reopened", backfill_id=str(backfill_id), keys=count)
     return get_tx(backfill_id)
+
+
+def retry_run_tx(outbox: Outbox, original: Run, enqueue: Callable[[], Run], now: datetime) -> Run:
+    """RetryRun of `original`, one of a backfill's runs: the backfill's FAILED and CANCELED keys
+    it decided move to the run `enqueue` makes (QUEUED, counted again) and the backfill reopens
+    to RUNNING, as RetryBackfill would for those keys — but at once and outside the backfill's
+    concurrency cap, since an operator asked for this run."""
+    backfill_id = original.backfill_id
+    if backfill_id is None:
+        return enqueue()
+    # The backfill's lock before the run's insert: the dispatcher takes them in that order.
+    store.lock_backfill(backfill_id)
+    if get_tx(backfill_id).state == store.CANCELING:
+        raise FailedPrecondition(
+            f"run {original.id}'s backfill {backfill_id} is still canceling; retry the run once it is canceled",
+            reason="BACKFILL_CANCELING",
+            metadata={"backfill_id": str(backfill_id), "run_id": str(original.id)},
+        )
+    fresh = enqueue()
+    now_us = micros(now)
+    moved = store.reattach(backfill_id, original.id, fresh.id, now_us)
+    count = sum(moved.values())
+    if not count:
+        return fresh
+    deltas = {state: -number for state, number in moved.items() if number}
+    deltas[store.QUEUED] = count
+    updated = store.apply_counts(
+        backfill_id,
+        deltas,
+        now_us,
+        transition=(
+            (store.RUNNING, store.COMPLETED, store.COMPLETED_WITH_FAILURES, store.CANCELED),
+            store.RUNNING,
+        ),
+        reopen=True,
+    )
+    assert updated is not None
+    outbox.add(
+        _backfill_event(
+            updated,
+            "QUEUED",
+            f"backfill {backfill_id} reopened: run {fresh.id} retries {count:,} keys of run {original.id}",
+            updated.snapshot(),
+        )
+    )
+    return fresh
 
 
 def _retryable_listed(backfill_id: int, partition_keys: Sequence[str]) -> list[str]:

@@ -600,6 +600,20 @@ def reopen(backfill_id: int, partition_keys: Sequence[str] | None, now: int) -> 
     return moved
 
 
+def reattach(backfill_id: int, from_run_id: int, to_run_id: int, now: int) -> dict[str, int]:
+    """FAILED and CANCELED keys whose last run is `from_run_id` -> QUEUED on `to_run_id` (a
+    RetryRun of that run); returns how many left each state."""
+    moved: dict[str, int] = {}
+    for state in (FAILED, CANCELED):
+        cursor = sql.execute(
+            "UPDATE backfill_partition SET state = 'QUEUED', run_id = %s, update_time = %s "
+            "WHERE backfill_id = %s AND run_id = %s AND state = %s",
+            (to_run_id, now, backfill_id, from_run_id, state),
+        )
+        moved[state] = int(cursor.rowcount)
+    return moved
+
+
 def apply_counts(
     backfill_id: int,
     deltas: Mapping[str, int],

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from partita.v1 import run_pb2, run_pb2_grpc
-from server import keys, lifecycle
+from server import backfills, keys, lifecycle
 from server.api import convert
 from server.api.context import ServiceContext
 from server.api.errors import abort_with_error
@@ -281,7 +281,12 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                 backfill_id=original.backfill_id,
                 policy=lifecycle.policy_of(original),
             )
-            run, _ = lifecycle.enqueue_tx(outbox, fresh, coverage, now, use_existing=False)
+            run = backfills.retry_run_tx(
+                outbox,
+                original,
+                lambda: lifecycle.enqueue_tx(outbox, fresh, coverage, now, use_existing=False)[0],
+                now,
+            )
             return run_pb2.RetryRunResponse(run=run_message(run))
 
         response = await once(self.context, "RetryRun", request, run_pb2.RetryRunResponse, retry)

@@ -499,6 +499,50 @@ def test_cancel_pending_queued_and_running_then_retry(
     assert finished.reason == "BACKFILL_FINISHED"
 
 
+def test_retry_run_of_a_failed_backfill_run_reopens_its_key(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    backfill_stub: backfill_pb2_grpc.BackfillServiceStub,
+    run_stub: run_pb2_grpc.RunServiceStub,
+    worker_stub: worker_pb2_grpc.WorkerServiceStub,
+) -> None:
+    register(workflow_stub, "shops", static(3))
+    created = create(backfill_stub, "shops", ALL)
+    failed_run = ""
+    for _ in range(3):
+        claimed = claim(worker_stub, "shops", wait=5)
+        if claimed.run.partition_key == "k001":
+            failed_run = claimed.run.id
+            worker_stub.FailRun(
+                worker_pb2.FailRunRequest(
+                    run_id=claimed.run.id, lease_id=claimed.lease_id, error_message="boom", retryable=False
+                )
+            )
+        else:
+            worker_stub.CompleteRun(
+                worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id)
+            )
+    ended = wait_for_state(backfill_stub, created.id, S.BACKFILL_STATE_COMPLETED_WITH_FAILURES)
+    assert (ended.counts.succeeded, ended.counts.failed) == (2, 1)
+
+    retried = run_stub.RetryRun(run_pb2.RetryRunRequest(run_id=failed_run)).run
+    assert retried.backfill_id == created.id and retried.trigger.source_id == failed_run
+    reopened = get(backfill_stub, created.id)
+    assert reopened.state == S.BACKFILL_STATE_RUNNING
+    assert (reopened.counts.queued, reopened.counts.failed, reopened.counts.succeeded) == (1, 0, 2)
+    (key,) = partitions(backfill_stub, created.id, K.BACKFILL_PARTITION_STATE_QUEUED)
+    assert key.partition_key == "k001" and key.run_id == retried.id
+
+    claimed = claim(worker_stub, "shops", wait=5)
+    assert claimed.run.id == retried.id
+    worker_stub.CompleteRun(worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id))
+    done = wait_for_state(backfill_stub, created.id, S.BACKFILL_STATE_COMPLETED)
+    assert (done.counts.succeeded, done.counts.failed, done.counts.queued) == (3, 0, 0)
+    # A run whose keys moved on retries outside the backfill's counts: they stay decided.
+    again = run_stub.RetryRun(run_pb2.RetryRunRequest(run_id=failed_run)).run
+    assert again.backfill_id == created.id
+    assert get(backfill_stub, created.id).counts.succeeded == 3
+
+
 # --- requests -----------------------------------------------------------------------------------
 
 
