@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import datetime, timedelta
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
+from bench.backfills import run_backfill_to_completion
 from bench.common import entry, sqlite_server
 from partita.v1 import (
-    backfill_pb2,
-    backfill_pb2_grpc,
     partitions_pb2,
-    worker_pb2,
-    worker_pb2_grpc,
     workflow_pb2,
     workflow_pb2_grpc,
 )
 
 KEYS = 1_000_000
 KEYS_PER_RUN = 1000
-WORKERS = 4
 START = datetime(1900, 1, 1)
 FMT = "%Y-%m-%d-%H:%M"
 
@@ -51,65 +45,16 @@ def _register(channel: grpc.Channel) -> None:
     )
 
 
-async def _run_backfill(address: str) -> tuple[float, int]:
-    channels = [grpc.aio.insecure_channel(address) for _ in range(WORKERS + 1)]
-    backfills = backfill_pb2_grpc.BackfillServiceStub(channels[-1])
-    finished = asyncio.Event()
-    runs = 0
-
-    async def worker(channel: grpc.aio.Channel, index: int) -> None:
-        nonlocal runs
-        stub = worker_pb2_grpc.WorkerServiceStub(channel)
-        wait = Duration(seconds=1)
-        while not finished.is_set():
-            claimed = await stub.ClaimRun(
-                worker_pb2.ClaimRunRequest(worker_id=f"bench-{index}", workflow_slugs=["hours"], wait=wait),
-                timeout=5,
-            )
-            if not claimed.HasField("run"):
-                continue
-            await stub.CompleteRun(
-                worker_pb2.CompleteRunRequest(
-                    run_id=claimed.run.id, lease_id=claimed.lease_id, all_keys_succeeded=True
-                ),
-                timeout=60,
-            )
-            runs += 1
-
-    tasks = [asyncio.create_task(worker(channel, index)) for index, channel in enumerate(channels[:WORKERS])]
-    last_key = (START + timedelta(hours=KEYS - 1)).strftime(FMT)
-    started = time.perf_counter()
-    created = (
-        await backfills.CreateBackfill(
-            backfill_pb2.CreateBackfillRequest(
-                workflow_slug="hours",
-                selection=partitions_pb2.PartitionSelection(
-                    range=partitions_pb2.PartitionRange(start_key=START.strftime(FMT), end_key=last_key)
-                ),
-            ),
-            timeout=120,
-        )
-    ).backfill
-    while True:
-        current = (
-            await backfills.GetBackfill(backfill_pb2.GetBackfillRequest(backfill_id=created.id))
-        ).backfill
-        if current.state == backfill_pb2.BACKFILL_STATE_COMPLETED:
-            break
-        await asyncio.sleep(0.1)
-    elapsed = time.perf_counter() - started
-    finished.set()
-    await asyncio.gather(*tasks)
-    for channel in channels:
-        await channel.close()
-    assert current.counts.succeeded == KEYS, current.counts
-    return elapsed, runs
-
-
 def run() -> list[dict[str, object]]:
     with sqlite_server() as server:
         _register(server.channel())
-        seconds, runs = asyncio.run(_run_backfill(server.address))
+        last_key = (START + timedelta(hours=KEYS - 1)).strftime(FMT)
+        selection = partitions_pb2.PartitionSelection(
+            range=partitions_pb2.PartitionRange(start_key=START.strftime(FMT), end_key=last_key)
+        )
+        seconds, runs = asyncio.run(
+            run_backfill_to_completion(server.address, "hours", selection, KEYS, all_keys_succeeded=True)
+        )
     assert runs == KEYS // KEYS_PER_RUN, runs
     return [entry("ranged_backfill_1m_hourly_keys_1000_per_run_sqlite", seconds, "s", 60)]
 

@@ -894,27 +894,7 @@ def retry_tx(outbox: Outbox, backfill_id: int, partition_keys: Sequence[str], no
             reason="NOTHING_TO_RETRY",
             metadata={"backfill_id": str(backfill_id)},
         )
-    deltas = {state: -number for state, number in moved.items() if number}
-    deltas[store.PENDING] = count
-    updated = store.apply_counts(
-        backfill_id,
-        deltas,
-        now_us,
-        transition=(
-            (store.RUNNING, store.COMPLETED, store.COMPLETED_WITH_FAILURES, store.CANCELED),
-            store.RUNNING,
-        ),
-        reopen=True,
-    )
-    assert updated is not None
-    outbox.add(
-        _backfill_event(
-            updated,
-            "QUEUED",
-            f"backfill {backfill_id} reopened: {count:,} keys to re-run",
-            updated.snapshot(),
-        )
-    )
+    _reopen(outbox, backfill_id, moved, store.PENDING, f"{count:,} keys to re-run", now_us)
     log_event(logger, "backfill reopened", backfill_id=str(backfill_id), keys=count)
     return get_tx(backfill_id)
 
@@ -938,11 +918,25 @@ def retry_run_tx(outbox: Outbox, original: Run, enqueue: Callable[[], Run], now:
     fresh = enqueue()
     now_us = micros(now)
     moved = store.reattach(backfill_id, original.id, fresh.id, now_us)
-    count = sum(moved.values())
-    if not count:
-        return fresh
+    if count := sum(moved.values()):
+        _reopen(
+            outbox,
+            backfill_id,
+            moved,
+            store.QUEUED,
+            f"run {fresh.id} retries {count:,} keys of run {original.id}",
+            now_us,
+        )
+    return fresh
+
+
+def _reopen(
+    outbox: Outbox, backfill_id: int, moved: dict[str, int], into: str, why: str, now_us: int
+) -> None:
+    """Keys `moved` out of their final states into `into`: the counters follow and the backfill
+    is RUNNING again."""
     deltas = {state: -number for state, number in moved.items() if number}
-    deltas[store.QUEUED] = count
+    deltas[into] = sum(moved.values())
     updated = store.apply_counts(
         backfill_id,
         deltas,
@@ -955,14 +949,8 @@ def retry_run_tx(outbox: Outbox, original: Run, enqueue: Callable[[], Run], now:
     )
     assert updated is not None
     outbox.add(
-        _backfill_event(
-            updated,
-            "QUEUED",
-            f"backfill {backfill_id} reopened: run {fresh.id} retries {count:,} keys of run {original.id}",
-            updated.snapshot(),
-        )
+        _backfill_event(updated, "QUEUED", f"backfill {backfill_id} reopened: {why}", updated.snapshot())
     )
-    return fresh
 
 
 def _retryable_listed(backfill_id: int, partition_keys: Sequence[str]) -> list[str]:
