@@ -76,6 +76,7 @@ def report(document: dict[str, Any]) -> str:
         "| benchmark | figure | value | unit | goal | met |",
         "| --- | --- | ---: | --- | ---: | --- |",
     ]
+    notes: list[str] = []
     for module, outcome in document["benchmarks"].items():
         if "results" not in outcome:
             reason = "skipped" if "skipped" in outcome else "failed (see results.json)"
@@ -94,6 +95,10 @@ def report(document: dict[str, Any]) -> str:
             else:
                 met = "yes" if item["goal_met"] else "**no**"
             lines.append(f"| {module} | {item['name']} | {value} | {unit} | {goal} | {met} |")
+            if item.get("why") and not item.get("goal_met"):
+                notes.append(f"- `{item['name']}`: {item['why']}")
+    if notes:
+        lines += ["", "## What bounds the figures missed or given for context", "", *notes]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ import time
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from bench.common import entry, sqlite_server
+from bench.common import WHY_RPC, entry, sqlite_server
 from partita.v1 import (
     backfill_pb2,
     backfill_pb2_grpc,
@@ -156,7 +156,7 @@ def run() -> list[dict[str, object]]:
     assert runs == RUN_KEYS, runs
     return [
         entry("create_backfill_100k_keys_sqlite", plan_seconds, "s", 1.5),
-        entry("backfill_10k_keys_4_workers_sqlite", run_seconds, "s", 35),
+        entry("backfill_10k_keys_4_workers_sqlite", run_seconds, "s", 35, why=WHY_RPC),
     ]
 
 

@@ -9,13 +9,35 @@ from pathlib import Path
 
 from tests.harness import RunningServer, start_server
 
+# What bounds the per-RPC figures on this machine (profiled with py-spy --gil).
+WHY_RPC = (
+    "bound by grpc.aio's per-call handling on the server's event loop (about half of the loop "
+    "thread's time in profiles) and the GIL, which keeps one server process to about one core"
+)
+
 
 def entry(
-    name: str, value: float, unit: str, goal: float | None, higher_is_better: bool = False
+    name: str,
+    value: float,
+    unit: str,
+    goal: float | None,
+    higher_is_better: bool = False,
+    *,
+    why: str = "",
 ) -> dict[str, object]:
-    """One figure; `goal` None marks a figure reported for context (a load applied, a capacity)."""
+    """One figure; `goal` None marks a figure reported for context (a load applied, a capacity).
+    `why` says what bounds the figure; the report prints it when the goal is missed or absent."""
     met = None if goal is None else value >= goal if higher_is_better else value <= goal
-    return {"name": name, "value": round(value, 3), "unit": unit, "goal": goal, "goal_met": met}
+    found: dict[str, object] = {
+        "name": name,
+        "value": round(value, 3),
+        "unit": unit,
+        "goal": goal,
+        "goal_met": met,
+    }
+    if why:
+        found["why"] = why
+    return found
 
 
 @contextlib.contextmanager

@@ -26,6 +26,12 @@ KEYS = 1_000_000
 KEYS_PER_RUN = 1000
 START = datetime(1900, 1, 1)
 FMT = "%Y-%m-%d-%H:%M"
+WHY = (
+    "every key costs two upserts of its per-partition state (in flight at dispatch, materialized "
+    "at completion; about 13 us each on SQLite here, 70 % of it in the triggers that keep the "
+    "status counts and MISSING buckets), a materialization row and a MATERIALIZED event, plus the "
+    "dispatch and completion's per-key Python, all on SQLite's one writer thread"
+)
 
 
 def _register(channel: grpc.Channel) -> None:
@@ -56,7 +62,7 @@ def run() -> list[dict[str, object]]:
             run_backfill_to_completion(server.address, "hours", selection, KEYS, all_keys_succeeded=True)
         )
     assert runs == KEYS // KEYS_PER_RUN, runs
-    return [entry("ranged_backfill_1m_hourly_keys_1000_per_run_sqlite", seconds, "s", 60)]
+    return [entry("ranged_backfill_1m_hourly_keys_1000_per_run_sqlite", seconds, "s", 60, why=WHY)]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from bench.common import entry, sqlite_server
+from bench.common import WHY_RPC, entry, sqlite_server
 from partita.v1 import (
     partitions_pb2,
     run_pb2,
@@ -96,8 +96,12 @@ def run() -> list[dict[str, object]]:
         enqueue_rate = asyncio.run(_enqueue_all(server.address, keys))
         cycle_rate = asyncio.run(_work_all(server.address, len(keys)))
     return [
-        entry("enqueue_run_50_clients_sqlite", enqueue_rate, "runs/s", 1500, higher_is_better=True),
-        entry("claim_complete_4_workers_sqlite", cycle_rate, "runs/s", 500, higher_is_better=True),
+        entry(
+            "enqueue_run_50_clients_sqlite", enqueue_rate, "runs/s", 1500, higher_is_better=True, why=WHY_RPC
+        ),
+        entry(
+            "claim_complete_4_workers_sqlite", cycle_rate, "runs/s", 500, higher_is_better=True, why=WHY_RPC
+        ),
     ]
 
 

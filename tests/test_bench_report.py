@@ -20,7 +20,24 @@ def test_report_shows_goals_ratios_and_skipped_figures() -> None:
         "machine": MACHINE,
         "benchmarks": {
             "runs": {
-                "results": [{"name": "enqueue", "value": 2.5, "unit": "ms", "goal": 5, "goal_met": True}]
+                "results": [
+                    {
+                        "name": "enqueue",
+                        "value": 2.5,
+                        "unit": "ms",
+                        "goal": 5,
+                        "goal_met": True,
+                        "why": "hidden",
+                    },
+                    {
+                        "name": "claim",
+                        "value": 9,
+                        "unit": "ms",
+                        "goal": 5,
+                        "goal_met": False,
+                        "why": "the GIL",
+                    },
+                ]
             },
             "dagster": {
                 "results": [
@@ -42,6 +59,8 @@ def test_report_shows_goals_ratios_and_skipped_figures() -> None:
     assert "| dagster | partita.latest_materialization | 1.1 | ms |  |  |" in rows
     assert "| dagster | dagster_ratio.create_backfill_10k | — | x faster |  | skipped: no network |" in rows
     assert "| watch | — | — | — | — | skipped |" in rows
+    # What bounds a missed figure follows the table; a met figure's note does not.
+    assert rows[-1] == "- `claim`: the GIL" and not any("hidden" in row for row in rows)
 
 
 def test_nothing_in_the_project_imports_dagster() -> None:
