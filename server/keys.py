@@ -114,6 +114,13 @@ def single(
     return Coverage((key,), {asset_id: (position,) for asset_id, position in found.items()})
 
 
+# Ranges resolved lately, by (workflow, definition version, start, end): a ranged run's range is
+# resolved when it is queued and again when it completes, a thousand keys formatted each time.
+# A range valid once stays valid for the same definition (keys only ever appear).
+RESOLVED_RANGES_KEPT = 256
+_RESOLVED_RANGES: dict[tuple[str, int, str, str], Coverage] = {}
+
+
 def resolve_range(
     definition: WorkflowDefinition, start_key: str, end_key: str, now: datetime, *, field: str
 ) -> Coverage:
@@ -133,6 +140,9 @@ def resolve_range(
             if not key:
                 collector.add(name, "is required")
         collector.raise_if_any("invalid key range")
+    cache_key = (definition.slug, definition.update_time, start_key, end_key)
+    if (resolved := _RESOLVED_RANGES.get(cache_key)) is not None:
+        return resolved
     span = spec.index_range(start_key, end_key, now, start_field=start_field, end_field=end_field)
     if isinstance(spec, StaticSpec):
         keys = tuple(spec.keys_page(span.start, len(span), now))
@@ -144,13 +154,17 @@ def resolve_range(
             SlicePosition(int(window.window.start.timestamp()), index)
             for window, index in zip(windows, span, strict=True)
         ]
-    return Coverage(
+    resolved = Coverage(
         keys,
         dict.fromkeys(definition.partitioned_asset_ids, here),
         start_key=start_key,
         end_key=end_key,
         ranged=True,
     )
+    if len(_RESOLVED_RANGES) >= RESOLVED_RANGES_KEPT:
+        _RESOLVED_RANGES.clear()
+    _RESOLVED_RANGES[cache_key] = resolved
+    return resolved
 
 
 def resolve_key_list(
