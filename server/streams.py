@@ -135,31 +135,46 @@ class WatchSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class BufferedEvent:
-    """One log row as the buffer keeps it: what filters look at, and the message to send."""
+    """One log row as the buffer keeps it: what filters look at, and the message to send.
 
-    sequence: int
-    workflow_slug: str
-    partition_key: str
-    backfill_id: int | None
-    run_id: int | None
-    response: run_pb2.WatchRunsResponse
-    # The keys of the ranged run the event is about (empty for other events).
-    covered_keys: tuple[str, ...] = ()
+    The message is built on the reader thread when someone watches, else only when a stream
+    first asks for it: with nobody watching, bulk writes (a ranged run's thousand
+    MATERIALIZED events) would pay for messages nobody reads."""
 
-    @classmethod
-    def of(cls, row: RunEvent | Any) -> BufferedEvent:
+    __slots__ = (
+        "_response",
+        "_source",
+        "backfill_id",
+        "covered_keys",
+        "partition_key",
+        "run_id",
+        "sequence",
+        "workflow_slug",
+    )
+
+    def __init__(self, row: RunEvent | Any, *, build: bool = True) -> None:
         """From a RunEvent, or a row with its attribute names (`events.scan_events`)."""
-        return cls(
-            row.sequence,
-            row.workflow_slug,
-            row.partition_key,
-            row.backfill_id,
-            row.run_id,
-            run_pb2.WatchRunsResponse(event=event_message(row)),
-            tuple(covered_keys(row.partition_key, row.data)),
-        )
+        self.sequence: int = row.sequence
+        self.workflow_slug: str = row.workflow_slug
+        self.partition_key: str = row.partition_key
+        self.backfill_id: int | None = row.backfill_id
+        self.run_id: int | None = row.run_id
+        # The keys of the ranged run the event is about (empty for other events).
+        self.covered_keys: tuple[str, ...] = tuple(covered_keys(row.partition_key, row.data))
+        self._source: RunEvent | Any = row
+        self._response: run_pb2.WatchRunsResponse | None = None
+        if build:
+            self._build()
+
+    @property
+    def response(self) -> run_pb2.WatchRunsResponse:
+        return self._response if self._response is not None else self._build()
+
+    def _build(self) -> run_pb2.WatchRunsResponse:
+        self._response = run_pb2.WatchRunsResponse(event=event_message(self._source))
+        self._source = None
+        return self._response
 
     def matches(self, event_filter: EventFilter) -> bool:
         return event_filter.matches(
@@ -249,12 +264,13 @@ class _Page:
 def _read_page(after_sequence: int, event_filter: EventFilter, limit: int) -> _Page:
     """On a reader thread: one filtered batch of the log after `after_sequence`."""
     scan = events.scan_events(after_sequence, event_filter, limit)
-    return _Page([BufferedEvent.of(row) for row in scan.rows], scan.scanned, scan.oldest, scan.head)
+    return _Page([BufferedEvent(row) for row in scan.rows], scan.scanned, scan.oldest, scan.head)
 
 
-def _read_new(after_sequence: int, limit: int) -> list[BufferedEvent]:
-    """On a reader thread: the next batch of the whole log for the follower."""
-    return [BufferedEvent.of(row) for row in events.event_rows_after(after_sequence, limit)]
+def _read_new(after_sequence: int, limit: int, build: bool) -> list[BufferedEvent]:
+    """On a reader thread: the next batch of the whole log for the follower (messages built
+    when `build`)."""
+    return [BufferedEvent(row, build=build) for row in events.event_rows_after(after_sequence, limit)]
 
 
 # Ends a stream from outside its handler (the handler may be stuck sending): the servicer
@@ -485,7 +501,9 @@ class EventFollower:
     async def _catch_up(self, store: Store) -> None:
         limit = self.settings.batch_size
         while not self._closed:
-            batch = await store.read(functools.partial(_read_new, self._head, limit))
+            batch = await store.read(
+                functools.partial(_read_new, self._head, limit, bool(self._subscriptions))
+            )
             if batch:
                 self._append(batch)
                 self._notify_batch(batch)
