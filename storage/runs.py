@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import peewee as pw
+
 from storage import sql
 from storage.models import Run
 
@@ -49,6 +51,8 @@ class RunFilter:
     states: Sequence[str] = ()
     backfill_id: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # With `partition_key`: the workflows whose ranged runs (partition_key '') may cover it.
+    ranged_workflows: Sequence[str] = ()
 
 
 def insert_if_no_run_in_flight(new: NewRun, now: int) -> Run | None:
@@ -160,11 +164,21 @@ def get_run(run_id: int) -> Run | None:
     return _one(sql.select_models(Run, "id = %s", (run_id,)))
 
 
-def _filtered(run_filter: RunFilter) -> Any:
+def _filtered(run_filter: RunFilter, *, ranged: bool = False) -> Any:
+    """The filter's runs; with `ranged`, the ranged runs of `ranged_workflows` that may cover
+    its partition key (a substring test on their key lists, made exact by `_covers`)."""
     query = Run.select()
     if run_filter.workflow_slug:
         query = query.where(Run.workflow_slug == run_filter.workflow_slug)
-    if run_filter.partition_key is not None:
+    if ranged:
+        find = pw.fn.strpos if sql.is_postgres() else pw.fn.instr
+        query = query.where(
+            Run.workflow_slug.in_(list(run_filter.ranged_workflows)),
+            Run.partition_key == "",
+            Run.range_keys != "",
+            find(Run.range_keys, json.dumps(run_filter.partition_key)) > 0,
+        )
+    elif run_filter.partition_key is not None:
         query = query.where(Run.partition_key == run_filter.partition_key)
     if run_filter.states:
         query = query.where(Run.state.in_(list(run_filter.states)))
@@ -173,27 +187,48 @@ def _filtered(run_filter: RunFilter) -> Any:
     return query
 
 
+def _queries(run_filter: RunFilter) -> list[tuple[Any, bool]]:
+    """(query, whether its rows need the Python check): the filter's own, and for a partition
+    key of ranged workflows, their ranged runs (each found through the (workflow, key, id) index)."""
+    queries = [(_filtered(run_filter), bool(run_filter.labels))]
+    if run_filter.partition_key is not None and run_filter.ranged_workflows:
+        queries.append((_filtered(run_filter, ranged=True), True))
+    return queries
+
+
+def _covers(run: Run, run_filter: RunFilter) -> bool:
+    if run_filter.labels and not labels_match(run.labels, run_filter.labels):
+        return False
+    key = run_filter.partition_key
+    return key is None or run.partition_key == key or key in json.loads(run.range_keys or "[]")
+
+
 def list_runs(run_filter: RunFilter, before_id: int | None, limit: int) -> list[Run]:
-    """Newest first. Label filters apply in Python over the id-ordered scan (labels are JSON)."""
-    query = _filtered(run_filter)
-    if before_id is not None:
-        query = query.where(Run.id < before_id)
-    query = query.order_by(Run.id.desc())
-    if not run_filter.labels:
-        return list(query.limit(limit))
-    matched: list[Run] = []
-    for run in query.iterator():
-        if labels_match(run.labels, run_filter.labels):
-            matched.append(run)
-            if len(matched) == limit:
-                break
-    return matched
+    """Newest first. Label filters and ranged runs' keys are checked in Python over id-ordered
+    scans (both are JSON)."""
+    found: list[Run] = []
+    for query, checked in _queries(run_filter):
+        if before_id is not None:
+            query = query.where(Run.id < before_id)
+        query = query.order_by(Run.id.desc())
+        if not checked:
+            found.extend(query.limit(limit))
+            continue
+        matched = 0
+        for run in query.iterator():
+            if _covers(run, run_filter):
+                found.append(run)
+                matched += 1
+                if matched == limit:
+                    break
+    return sorted(found, key=lambda run: -int(run.id))[:limit]
 
 
 def count_runs(run_filter: RunFilter) -> int:
-    if not run_filter.labels:
-        return int(_filtered(run_filter).count())
-    return sum(1 for run in _filtered(run_filter).iterator() if labels_match(run.labels, run_filter.labels))
+    return sum(
+        sum(1 for run in query.iterator() if _covers(run, run_filter)) if checked else int(query.count())
+        for query, checked in _queries(run_filter)
+    )
 
 
 def labels_match(stored: str, wanted: Mapping[str, str]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -25,7 +26,7 @@ from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, 
 from server.domain.names import slug_violation
 from server.domain.retry import RetryPolicy
 from server.streams import watch_request
-from storage import events, runs
+from storage import events, runs, sql
 from storage.events import Outbox
 from storage.models import Run, micros
 
@@ -223,8 +224,13 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
 
         def read() -> tuple[list[Run], int, int]:
             head = events.head_sequence()
-            found = runs.list_runs(run_filter, int(before) if before is not None else None, limit + 1)
-            return found, runs.count_runs(run_filter), head
+            query = run_filter
+            if run_filter.partition_key is not None:
+                query = dataclasses.replace(
+                    run_filter, ranged_workflows=self._ranged_workflows(request.workflow_slug)
+                )
+            found = runs.list_runs(query, int(before) if before is not None else None, limit + 1)
+            return found, runs.count_runs(query), head
 
         found, total, head = await self.context.store.read(read)
         response = run_pb2.ListRunsResponse(
@@ -237,6 +243,14 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                 {"before": found[limit - 1].id, "head": response.head_sequence}
             ).encode(fingerprint)
         return response
+
+    def _ranged_workflows(self, workflow_slug: str) -> list[str]:
+        """Inside a transaction: the workflows (this one, or all) whose runs may be ranged."""
+        slugs = (
+            [workflow_slug] if workflow_slug else [slug for (slug,) in sql.rows("SELECT slug FROM workflow")]
+        )
+        found = (self.context.catalog.workflow(slug) for slug in slugs)
+        return [definition.slug for definition in found if definition is not None and definition.ranged]
 
     async def CancelRun(
         self, request: run_pb2.CancelRunRequest, context: grpc.aio.ServicerContext

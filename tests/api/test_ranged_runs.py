@@ -201,7 +201,23 @@ def test_ranged_runs_validate_dedupe_complete_and_show_under_each_key(
     )
     shown = statuses(asset_stub, "days/out")
     assert [shown[f"2024-01-2{day}"] for day in range(3)] == [(P.PARTITION_STATUS_FAILED, third.id)] * 3
-    assert enqueue(run_stub, "days", "2024-01-21").partition_key == "2024-01-21"
+    single = enqueue(run_stub, "days", "2024-01-21")
+    assert single.partition_key == "2024-01-21"
+
+    # ListRuns by key finds the runs of that key and the ranged runs covering it, newest first.
+    def by_key(key: str, **fields: object) -> run_pb2.ListRunsResponse:
+        return run_stub.ListRuns(run_pb2.ListRunsRequest(partition_key=key, **fields))  # type: ignore[arg-type]
+
+    found = by_key("2024-01-21")
+    assert [run.id for run in found.runs] == [single.id, third.id] and found.total_size == 2
+    page = by_key("2024-01-21", workflow_slug="days", page_size=1)
+    assert [run.id for run in page.runs] == [single.id] and page.total_size == 2
+    rest = by_key("2024-01-21", workflow_slug="days", page_size=1, page_token=page.next_page_token)
+    assert [run.id for run in rest.runs] == [third.id] and not rest.next_page_token
+    assert [run.id for run in by_key("2024-01-03").runs] == [first.id]
+    assert [run.id for run in by_key("c-1", states=[run_pb2.RUN_STATE_QUEUED]).runs] == [listed.id]
+    assert by_key("2024-01-03", workflow_slug="per-key").total_size == 0
+    assert by_key("2024-01-15").total_size == 0
 
 
 def drain(
