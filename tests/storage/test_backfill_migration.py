@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import peewee
-import pytest
 
 from storage import migrations
-from storage.database import connect
+from tests.storage.test_migrations import sql
 
 T0 = 1_700_000_000_000_000
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[peewee.Database]:
-    database = connect(database_url)
-    database.connect()
-    yield database
-    database.close()
-
-
-def sql(db: peewee.Database, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    if isinstance(db, peewee.SqliteDatabase):
-        query = query.replace("%s", "?")
-    cursor = db.execute_sql(query, params)
-    return list(cursor.fetchall()) if cursor.description else []
 
 
 def add_backfill(db: peewee.Database, states: list[str], state: str = "RUNNING") -> int:

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import peewee
-import pytest
 
 from storage import migrations
-from storage.database import connect
 from tests.storage.test_migrations import fill_version_1, sql
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[peewee.Database]:
-    database = connect(database_url)
-    database.connect()
-    yield database
-    database.close()
 
 
 def test_version_4_upgrades_to_lineage(db: peewee.Database) -> None:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import peewee
-import pytest
 
 from storage import migrations
-from storage.database import connect
 
 T0 = 1_700_000_000_000_000  # microseconds
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[peewee.Database]:
-    database = connect(database_url)
-    database.connect()
-    yield database
-    database.close()
 
 
 def sql(db: peewee.Database, query: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -3,33 +3,14 @@ runs, backfills run one key per run, and the in-flight key claims start empty an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import peewee
-import pytest
 from playhouse.migrations import Migration
 
 from storage import migrations
-from storage.database import connect
+from tests.storage.test_migrations import sql
 
 VERSION = 7
 T0 = 1_700_000_000_000_000
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[peewee.Database]:
-    database = connect(database_url)
-    database.connect()
-    yield database
-    database.close()
-
-
-def sql(db: peewee.Database, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    if isinstance(db, peewee.SqliteDatabase):
-        query = query.replace("%s", "?")
-    cursor = db.execute_sql(query, params)
-    return list(cursor.fetchall()) if cursor.description else []
 
 
 RUN_INSERT = (

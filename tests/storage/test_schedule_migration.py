@@ -4,8 +4,6 @@ stored definitions have an enabled schedule, a disabled one, and none."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import peewee
 import pytest
@@ -14,25 +12,10 @@ from playhouse.migrations import Migration
 from partita.v1 import workflow_pb2
 from server.api import convert
 from storage import migrations
-from storage.database import connect
+from tests.storage.test_migrations import sql
 
 VERSION = 6
 T0 = 1_700_000_000_000_000
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[peewee.Database]:
-    database = connect(database_url)
-    database.connect()
-    yield database
-    database.close()
-
-
-def sql(db: peewee.Database, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    if isinstance(db, peewee.SqliteDatabase):
-        query = query.replace("%s", "?")
-    cursor = db.execute_sql(query, params)
-    return list(cursor.fetchall()) if cursor.description else []
 
 
 def add_workflow(db: peewee.Database, slug: str, schedule: workflow_pb2.Schedule | None) -> None:
