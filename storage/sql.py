@@ -52,19 +52,24 @@ def scalar(query: str, params: Sequence[Any] = ()) -> Any:
     return row[0] if row else None
 
 
-_COLUMNS: dict[type[pw.Model], tuple[str, ...]] = {}
-_FIELD_NAMES: dict[type[pw.Model], tuple[str, ...]] = {}
+# Per model: (column names, field names), in declaration order.
+_NAMES: dict[type[pw.Model], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 M = TypeVar("M", bound=pw.Model)
 
 
-def columns(model: type[pw.Model]) -> tuple[str, ...]:
-    """The model's column names in declaration order (cached)."""
-    found = _COLUMNS.get(model)
+def _names(model: type[pw.Model]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    found = _NAMES.get(model)
     if found is None:
-        found = tuple(field.column_name for field in model._meta.sorted_fields)
-        _COLUMNS[model] = found
+        fields = model._meta.sorted_fields
+        found = (tuple(field.column_name for field in fields), tuple(field.name for field in fields))
+        _NAMES[model] = found
     return found
+
+
+def columns(model: type[pw.Model]) -> tuple[str, ...]:
+    """The model's column names in declaration order."""
+    return _names(model)[0]
 
 
 def column_list(model: type[pw.Model]) -> str:
@@ -77,17 +82,9 @@ def to_model(model: type[M], row: Sequence[Any]) -> M:
     thousands of rows that was a third of the read."""
     instance = model.__new__(model)
     vars(instance).update(
-        {"__data__": dict(zip(_field_names(model), row, strict=True)), "_dirty": set(), "__rel__": {}}
+        {"__data__": dict(zip(_names(model)[1], row, strict=True)), "_dirty": set(), "__rel__": {}}
     )
     return instance
-
-
-def _field_names(model: type[pw.Model]) -> tuple[str, ...]:
-    found = _FIELD_NAMES.get(model)
-    if found is None:
-        found = tuple(field.name for field in model._meta.sorted_fields)
-        _FIELD_NAMES[model] = found
-    return found
 
 
 def select_models(model: type[M], condition: str, params: Sequence[Any] = (), suffix: str = "") -> list[M]:

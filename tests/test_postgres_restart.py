@@ -36,9 +36,9 @@ from partita.v1 import (
     run_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
-    workflow_pb2,
     workflow_pb2_grpc,
 )
+from tests.api.test_runs import register
 from tests.harness import RunningServer, postgres_base_url, postgres_database, start_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.faults, pytest.mark.pg_restart, pytest.mark.timeout(90)]
@@ -185,20 +185,10 @@ def test_server_rides_out_a_postgresql_restart(tmp_path: Path) -> None:
 def restart_under(server: RunningServer, cluster: tuple[str, str], base_url: str) -> None:
     runs = server.stub(run_pb2_grpc.RunServiceStub)
     workers = server.stub(worker_pb2_grpc.WorkerServiceStub)
-    server.stub(workflow_pb2_grpc.WorkflowServiceStub).RegisterWorkflow(
-        workflow_pb2.RegisterWorkflowRequest(
-            workflow=workflow_pb2.Workflow(
-                slug="wf",
-                produces=[
-                    workflow_pb2.AssetDeclaration(
-                        asset_id="wf/out",
-                        partitioning=partitions_pb2.PartitionsDefinition(
-                            static=partitions_pb2.StaticPartitions(keys=KEYS)
-                        ),
-                    )
-                ],
-            )
-        )
+    register(
+        server.stub(workflow_pb2_grpc.WorkflowServiceStub),
+        "wf",
+        partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=KEYS)),
     )
 
     # Before: 30 runs acknowledged: 10 succeeded, 5 running under a lease, 15 queued.
