@@ -547,18 +547,13 @@ def _adopt(outbox: Outbox, row: BackfillRow, group: list[KeyRow], run: Run, now_
     """The keys already have a run in flight (for exactly these keys): they follow that run."""
     attempts = run.attempt if run.state == runs.RUNNING else run.attempt - 1
     store.attach_run(row.id, [key.ordinal for key in group], run.id, run.state, attempts, now_us)
-    event = NewEvent(
-        type="QUEUED" if run.state == runs.QUEUED else "STARTED",
-        workflow_slug=run.workflow_slug,
-        run_id=run.id,
-        partition_key=run.partition_key,
-        backfill_id=row.id,
-        state=run.state,
-        attempt=run.attempt,
-        progress=run.progress,
-        message=f"backfill {row.id} adopted run {run.id}, already {run.state.lower()} for these keys",
-        data=lifecycle.key_data(run),
+    event = lifecycle.run_event(
+        run,
+        "QUEUED" if run.state == runs.QUEUED else "STARTED",
+        run.state,
+        f"backfill {row.id} adopted run {run.id}, already {run.state.lower()} for these keys",
     )
+    event.backfill_id = row.id  # the adopting backfill's stream shows the run too
     outbox.add(event)
     log_event(
         logger,
@@ -657,20 +652,11 @@ def _annotate(outbox: Outbox, row: BackfillRow, changes: Sequence[_Change]) -> N
             continue
         run = change.copy
         assert run is not None
-        outbox.add(
-            NewEvent(
-                type=change.copy_type,
-                workflow_slug=run.workflow_slug,
-                run_id=run.id,
-                partition_key=run.partition_key,
-                backfill_id=row.id,
-                state=run.state,
-                attempt=run.attempt,
-                progress=run.progress,
-                message=f"run {run.id} of backfill {row.id}",
-                data={**lifecycle.key_data(run), "backfill": snapshot},
-            )
+        copied = lifecycle.run_event(
+            run, change.copy_type, run.state, f"run {run.id} of backfill {row.id}", backfill=snapshot
         )
+        copied.backfill_id = row.id
+        outbox.add(copied)
 
 
 def run_changed_tx(

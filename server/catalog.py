@@ -51,14 +51,22 @@ class WorkflowDefinition:
         return run_key if asset_id in self.partitioned_asset_ids else ""
 
 
+@dataclass(frozen=True)
+class _Overview:
+    """What only the whole workflow table answers: each asset's consumers, the ranged workflows."""
+
+    readers: dict[str, tuple[str, ...]]
+    ranged: tuple[str, ...]
+
+
 class Catalog:
     def __init__(self) -> None:
         self._cache: dict[str, WorkflowDefinition] = {}
         self._lock = threading.Lock()
-        # asset id -> slugs of the workflows consuming it, as of a (count, newest update_time) of
-        # the workflow table: every registration, change or deletion moves one of the two.
-        self._readers: dict[str, tuple[str, ...]] = {}
-        self._readers_version: tuple[int, int] | None = None
+        # Kept as of a (count, newest update_time) of the workflow table: every registration,
+        # change or deletion moves one of the two.
+        self._overview: _Overview | None = None
+        self._overview_version: tuple[int, int] | None = None
 
     def workflow(self, slug: str) -> WorkflowDefinition | None:
         version = sql.scalar("SELECT update_time FROM workflow WHERE slug = %s", (slug,))
@@ -78,21 +86,33 @@ class Catalog:
 
     def consumers_of(self, asset_id: str) -> list[WorkflowDefinition]:
         """The workflows that consume `asset_id`, by slug."""
+        found = (self.workflow(slug) for slug in self._current_overview().readers.get(asset_id, ()))
+        return [definition for definition in found if definition is not None]
+
+    def ranged_workflows(self) -> tuple[str, ...]:
+        """Slugs of the workflows whose runs may cover several keys."""
+        return self._current_overview().ranged
+
+    def _current_overview(self) -> _Overview:
         count, newest = sql.rows("SELECT count(*), coalesce(max(update_time), 0) FROM workflow")[0]
         version = (int(count), int(newest))
         with self._lock:
-            readers = self._readers if self._readers_version == version else None
-        if readers is None:
-            index: dict[str, set[str]] = {}
-            for (slug,) in sql.rows("SELECT slug FROM workflow"):
-                definition = self.workflow(slug)
-                for declared in definition.message.consumes if definition is not None else ():
-                    index.setdefault(declared.asset_id, set()).add(slug)
-            readers = {asset: tuple(sorted(slugs)) for asset, slugs in index.items()}
-            with self._lock:
-                self._readers, self._readers_version = readers, version
-        found = (self.workflow(slug) for slug in readers.get(asset_id, ()))
-        return [definition for definition in found if definition is not None]
+            if self._overview is not None and self._overview_version == version:
+                return self._overview
+        readers: dict[str, set[str]] = {}
+        ranged = []
+        for (slug,) in sql.rows("SELECT slug FROM workflow ORDER BY slug"):
+            definition = self.workflow(slug)
+            if definition is None:
+                continue
+            for declared in definition.message.consumes:
+                readers.setdefault(declared.asset_id, set()).add(slug)
+            if definition.ranged:
+                ranged.append(slug)
+        overview = _Overview({asset: tuple(sorted(slugs)) for asset, slugs in readers.items()}, tuple(ranged))
+        with self._lock:
+            self._overview, self._overview_version = overview, version
+        return overview
 
     def producer_of(self, asset_id: str) -> WorkflowDefinition | None:
         slug = sql.scalar("SELECT workflow_slug FROM asset WHERE asset_id = %s", (asset_id,))

@@ -425,25 +425,9 @@ def _materialized_between(asset_id: str, low: int, high: int) -> int:
 def unmaterialized_ordinals(asset_id: str, first: int, stop: int, limit: int) -> list[int]:
     """Ordinals in first..stop-1 of keys without a materialization, in order: MISSING keys (found
     through the ordinal buckets, like MISSING pages) and FAILED / IN_PROGRESS keys that never had one."""
-    missing: list[int] = []
     if stop <= first:
-        return missing
-    bucket_size = 64
-    bucket = first // bucket_size
-    last_bucket = (stop - 1) // bucket_size
-    while bucket <= last_bucket and len(missing) <= limit:
-        shorts = partition_state.short_buckets(asset_id, bucket, last_bucket, bucket_size, limit + 1)
-        if not shorts:
-            break
-        for short in shorts:
-            low = max(short * bucket_size, first)
-            high = min(short * bucket_size + bucket_size, stop) - 1
-            touched = partition_state.touched_ordinals(asset_id, low, high)
-            missing.extend(o for o in range(low, high + 1) if o not in touched)
-            bucket = short + 1
-            if len(missing) > limit:
-                break
-    candidates = missing[: limit + 1]
+        return []
+    candidates = partition_state.missing_ordinals(asset_id, first, stop, limit)
     if candidates:
         stop = min(stop, candidates[-1] + 1) if len(candidates) > limit else stop
     touched_without = store.unmaterialized_touched(asset_id, first, stop, limit + 1)

@@ -22,8 +22,6 @@ MISSING = "MISSING"
 STATUSES = ("MISSING", "MATERIALIZED", "FAILED", "IN_PROGRESS")
 # A page walk reads this many keys at a time.
 WALK_CHUNK = 512
-# Ordinals per bucket of the trigger-kept `partition_bucket` aggregate (migration 3).
-BUCKET_SIZE = 64
 
 
 @dataclass
@@ -178,21 +176,7 @@ def _missing_page(
     counts: dict[str, int],
     total: int,
 ) -> PartitionPage:
-    missing: list[int] = []
-    bucket = index // BUCKET_SIZE
-    last_bucket = (key_count - 1) // BUCKET_SIZE
-    while bucket <= last_bucket and len(missing) <= limit:
-        shorts = partition_state.short_buckets(asset_id, bucket, last_bucket, BUCKET_SIZE, limit + 1)
-        if not shorts:
-            break
-        for short in shorts:
-            first = max(short * BUCKET_SIZE, index)
-            last = min(short * BUCKET_SIZE + BUCKET_SIZE, key_count) - 1
-            touched = partition_state.touched_ordinals(asset_id, first, last)
-            missing.extend(ordinal for ordinal in range(first, last + 1) if ordinal not in touched)
-            bucket = short + 1
-            if len(missing) > limit:
-                break
+    missing = partition_state.missing_ordinals(asset_id, index, key_count, limit)
     page = missing[:limit]
     keys = [
         spec.key_for_index(ordinal) if isinstance(spec, TimeWindowSpec) else spec.key_list[ordinal]

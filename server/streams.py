@@ -295,11 +295,19 @@ class _Subscription:
         self.interrupted = True
         self._task = asyncio.get_running_loop().create_task(_swallow(self.interrupt(error)))
 
-    async def settle(self) -> None:
-        """Waits for the out-of-band end to land: a handler that returned before it would end
-        its RPC with OK instead of the interrupt's status."""
-        if self._task is not None:
+    def sending(self, sequence: int) -> None:
+        """The handler hands gRPC a message (an event or a bookmark) up to `sequence`."""
+        self.handed = sequence
+        self.sending_since = time.monotonic()
+
+    async def sent(self) -> bool:
+        """gRPC took the message. True when the stream was interrupted meanwhile: the handler
+        must return, and only once the interrupt's status has landed (returning before it
+        would end the RPC with OK)."""
+        self.sending_since = 0.0
+        if self.interrupted and self._task is not None:
             await self._task
+        return self.interrupted
 
 
 async def _swallow(awaitable: Awaitable[object]) -> None:
@@ -601,23 +609,17 @@ class EventFollower:
                     for item in page.events:
                         if self._closed:
                             raise self._shutdown_error()
-                        subscription.handed = item.sequence
-                        subscription.sending_since = time.monotonic()
+                        subscription.sending(item.sequence)
                         yield item.response
-                        subscription.sending_since = 0.0
-                        if subscription.interrupted:
-                            await subscription.settle()
+                        if await subscription.sent():
                             return
                         cursor = item.sequence
                         last_sent = time.monotonic()
                     cursor = max(cursor, page.scanned)
                     if time.monotonic() - last_sent >= bookmark_interval:
-                        subscription.handed = cursor
-                        subscription.sending_since = time.monotonic()
+                        subscription.sending(cursor)
                         yield bookmark(cursor)
-                        subscription.sending_since = 0.0
-                        if subscription.interrupted:
-                            await subscription.settle()
+                        if await subscription.sent():
                             return
                         last_sent = time.monotonic()
                     if cursor >= page.head and (self._base is None or cursor > self._head):
@@ -642,24 +644,18 @@ class EventFollower:
                     if live.matches(event_filter):
                         if self._closed:
                             raise self._shutdown_error()
-                        subscription.handed = live.sequence
-                        subscription.sending_since = time.monotonic()
+                        subscription.sending(live.sequence)
                         yield live.response
-                        subscription.sending_since = 0.0
-                        if subscription.interrupted:
-                            await subscription.settle()
+                        if await subscription.sent():
                             return
                         last_sent = time.monotonic()
                     cursor = live.sequence
                 else:
                     cursor = max(cursor, self._head)
                     if time.monotonic() - last_sent >= bookmark_interval:
-                        subscription.handed = cursor
-                        subscription.sending_since = time.monotonic()
+                        subscription.sending(cursor)
                         yield bookmark(cursor)
-                        subscription.sending_since = 0.0
-                        if subscription.interrupted:
-                            await subscription.settle()
+                        if await subscription.sent():
                             return
                         last_sent = time.monotonic()
                     elif not self._closed:

@@ -228,17 +228,22 @@ def stale_rows(asset_id: str, low: int, high: int | None, limit: int) -> list[Li
     ]
 
 
-def fresh_count(asset_id: str, watermark: int, low: int | None, high: int | None) -> int:
-    """Keys materialized after reading the all/last watermark `watermark` (and not marked stale)
-    whose position is in low..high."""
-    conditions = ["asset_id = %s", "stale = 0", "fanout_horizon >= %s", "materialization_id IS NOT NULL"]
-    params: list[Any] = [asset_id, watermark]
+def _within(conditions: list[str], params: list[Any], low: int | None, high: int | None) -> None:
+    """Adds `position` in low..high (an open end where None) to a WHERE being built."""
     if low is not None:
         conditions.append("position >= %s")
         params.append(low)
     if high is not None:
         conditions.append("position <= %s")
         params.append(high)
+
+
+def fresh_count(asset_id: str, watermark: int, low: int | None, high: int | None) -> int:
+    """Keys materialized after reading the all/last watermark `watermark` (and not marked stale)
+    whose position is in low..high."""
+    conditions = ["asset_id = %s", "stale = 0", "fanout_horizon >= %s", "materialization_id IS NOT NULL"]
+    params: list[Any] = [asset_id, watermark]
+    _within(conditions, params, low, high)
     return int(
         sql.scalar(f"SELECT COUNT(*) FROM partition_lineage WHERE {' AND '.join(conditions)}", params) or 0
     )
@@ -349,12 +354,7 @@ def materialized_since(asset_id: str, cutoff: int, low: int | None, high: int | 
     """Rows whose latest materialization is at or after `cutoff` (µs), position in low..high."""
     conditions = ["asset_id = %s", "latest_materialization_time >= %s"]
     params: list[Any] = [asset_id, cutoff]
-    if low is not None:
-        conditions.append("position >= %s")
-        params.append(low)
-    if high is not None:
-        conditions.append("position <= %s")
-        params.append(high)
+    _within(conditions, params, low, high)
     return int(
         sql.scalar(f"SELECT COUNT(*) FROM partition_state WHERE {' AND '.join(conditions)}", params) or 0
     )

@@ -291,6 +291,34 @@ def status_counts_outside(asset_id: str, low: int, high: int) -> dict[str, int]:
     return counts
 
 
+# Ordinals per bucket of the trigger-kept `partition_bucket` aggregate (migration 3; a landed
+# migration keeps its own copy of the number).
+BUCKET_SIZE = 64
+
+
+def missing_ordinals(asset_id: str, first: int, stop: int, limit: int) -> list[int]:
+    """Up to `limit` + 1 ordinals in first..stop-1 of keys with no row (MISSING), in order,
+    visiting only the buckets that hold one."""
+    missing: list[int] = []
+    if stop <= first:
+        return missing
+    bucket = first // BUCKET_SIZE
+    last_bucket = (stop - 1) // BUCKET_SIZE
+    while bucket <= last_bucket and len(missing) <= limit:
+        shorts = short_buckets(asset_id, bucket, last_bucket, BUCKET_SIZE, limit + 1)
+        if not shorts:
+            break
+        for short in shorts:
+            low = max(short * BUCKET_SIZE, first)
+            high = min(short * BUCKET_SIZE + BUCKET_SIZE, stop) - 1
+            touched = touched_ordinals(asset_id, low, high)
+            missing.extend(ordinal for ordinal in range(low, high + 1) if ordinal not in touched)
+            bucket = short + 1
+            if len(missing) > limit:
+                break
+    return missing[: limit + 1]
+
+
 def short_buckets(asset_id: str, first_bucket: int, last_bucket: int, full: int, limit: int) -> list[int]:
     """Buckets in first..last (inclusive) with fewer than `full` touched keys — including those
     with no row at all — in order: where MISSING keys can be."""

@@ -232,14 +232,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         fingerprint = query_fingerprint(request, "as_of")
         position = decode_page_token(request.page_token, fingerprint) or {}
         as_of = resolve_as_of(self.context, request.as_of, request.HasField("as_of"), position.get("as_of"))
-        statuses = []
-        for index, status in enumerate(request.statuses):
-            if (
-                status == asset_pb2.PARTITION_STATUS_UNSPECIFIED
-                or status not in asset_pb2.PartitionStatus.values()
-            ):
-                raise InvalidArgument.for_field(f"statuses[{index}]", f"{status} is not a partition status")
-            statuses.append(asset_pb2.PartitionStatus.Name(status).removeprefix("PARTITION_STATUS_"))
+        statuses = convert.enum_filter(
+            request.statuses, asset_pb2.PartitionStatus, "statuses", "partition status"
+        )
         cursor = position.get("cursor", {})
 
         def read() -> asset_pb2.ListPartitionsResponse:

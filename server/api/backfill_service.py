@@ -128,32 +128,6 @@ def partition_message(row: KeyRow) -> backfill_pb2.BackfillPartition:
     )
 
 
-def _backfill_states(values: Any, field: str) -> list[str]:
-    states = []
-    for index, value in enumerate(values):
-        if (
-            value == backfill_pb2.BACKFILL_STATE_UNSPECIFIED
-            or value not in backfill_pb2.BackfillState.values()
-        ):
-            raise InvalidArgument.for_field(f"{field}[{index}]", f"{value} is not a backfill state")
-        states.append(backfill_pb2.BackfillState.Name(value).removeprefix("BACKFILL_STATE_"))
-    return states
-
-
-def _key_states(values: Any, field: str) -> list[str]:
-    states = []
-    for index, value in enumerate(values):
-        if (
-            value == backfill_pb2.BACKFILL_PARTITION_STATE_UNSPECIFIED
-            or value not in backfill_pb2.BackfillPartitionState.values()
-        ):
-            raise InvalidArgument.for_field(f"{field}[{index}]", f"{value} is not a backfill partition state")
-        states.append(
-            backfill_pb2.BackfillPartitionState.Name(value).removeprefix("BACKFILL_PARTITION_STATE_")
-        )
-    return states
-
-
 @with_pending_rpcs("partita.v1.BackfillService")
 class BackfillServicer(backfill_pb2_grpc.BackfillServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
@@ -246,7 +220,7 @@ class BackfillServicer(backfill_pb2_grpc.BackfillServiceServicer):
     ) -> backfill_pb2.ListBackfillsResponse:
         if request.workflow_slug and (violation := slug_violation(request.workflow_slug, "workflow_slug")):
             raise InvalidArgument(f"{violation.field}: {violation.description}", violations=[violation])
-        states = _backfill_states(request.states, "states")
+        states = convert.enum_filter(request.states, backfill_pb2.BackfillState, "states", "backfill state")
         limit = page_size(request.page_size, self.context.limits)
         fingerprint = query_fingerprint(request)
         position = decode_page_token(request.page_token, fingerprint) or {}
@@ -271,7 +245,9 @@ class BackfillServicer(backfill_pb2_grpc.BackfillServiceServicer):
         self, request: backfill_pb2.ListBackfillPartitionsRequest, context: grpc.aio.ServicerContext
     ) -> backfill_pb2.ListBackfillPartitionsResponse:
         backfill_id = parse_id(request.backfill_id, "backfill_id")
-        states = _key_states(request.states, "states")
+        states = convert.enum_filter(
+            request.states, backfill_pb2.BackfillPartitionState, "states", "backfill partition state"
+        )
         limit = page_size(request.page_size, self.context.limits)
         fingerprint = query_fingerprint(request)
         position = decode_page_token(request.page_token, fingerprint) or {}

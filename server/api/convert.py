@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
@@ -105,3 +106,28 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 def dumps(value: Any) -> str:
     return _COMPACT.encode(value)
+
+
+EnumValue = TypeVar("EnumValue", bound=int)
+
+
+class ProtoEnum(Protocol[EnumValue]):
+    """A generated enum as its module exposes it (`run_pb2.RunState`)."""
+
+    def Name(self, number: EnumValue) -> str: ...
+
+    def values(self) -> list[EnumValue]: ...
+
+
+def enum_filter(values: Iterable[EnumValue], enum: ProtoEnum[EnumValue], field: str, what: str) -> list[str]:
+    """The names, without the enum's prefix, of a repeated enum filter (`RUN_STATE_QUEUED` ->
+    `QUEUED`); INVALID_ARGUMENT naming the first UNSPECIFIED or unknown value."""
+    unspecified = enum.values()[0]  # every enum of the contract starts with its *_UNSPECIFIED zero
+    prefix = enum.Name(unspecified).removesuffix("UNSPECIFIED")
+    names = []
+    for index, value in enumerate(values):
+        if value == unspecified or value not in enum.values():
+            shown = enum.Name(value) if value == unspecified else str(value)
+            raise InvalidArgument.for_field(f"{field}[{index}]", f"{shown} is not a {what}")
+        names.append(enum.Name(value).removeprefix(prefix))
+    return names

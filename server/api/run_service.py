@@ -26,7 +26,7 @@ from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, 
 from server.domain.names import slug_violation
 from server.domain.retry import RetryPolicy
 from server.streams import watch_request
-from storage import events, runs, sql
+from storage import events, runs
 from storage.events import Outbox
 from storage.models import Run, micros
 
@@ -212,13 +212,10 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         run_filter = runs.RunFilter(
             workflow_slug=request.workflow_slug,
             partition_key=request.partition_key or None,
-            states=[run_pb2.RunState.Name(state).removeprefix("RUN_STATE_") for state in request.states],
+            states=convert.enum_filter(request.states, run_pb2.RunState, "states", "run state"),
             backfill_id=parse_id(request.backfill_id, "backfill_id") if request.backfill_id else None,
             labels=dict(request.labels),
         )
-        for index, state in enumerate(request.states):
-            if state == run_pb2.RUN_STATE_UNSPECIFIED:
-                raise InvalidArgument.for_field(f"states[{index}]", "RUN_STATE_UNSPECIFIED is not a state")
         before = position.get("before")
         pinned_head = position.get("head")
 
@@ -227,7 +224,12 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
             query = run_filter
             if run_filter.partition_key is not None:
                 query = dataclasses.replace(
-                    run_filter, ranged_workflows=self._ranged_workflows(request.workflow_slug)
+                    run_filter,
+                    ranged_workflows=[
+                        slug
+                        for slug in self.context.catalog.ranged_workflows()
+                        if slug == request.workflow_slug or not request.workflow_slug
+                    ],
                 )
             found = runs.list_runs(query, int(before) if before is not None else None, limit + 1)
             return found, runs.count_runs(query), head
@@ -243,14 +245,6 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                 {"before": found[limit - 1].id, "head": response.head_sequence}
             ).encode(fingerprint)
         return response
-
-    def _ranged_workflows(self, workflow_slug: str) -> list[str]:
-        """Inside a transaction: the workflows (this one, or all) whose runs may be ranged."""
-        slugs = (
-            [workflow_slug] if workflow_slug else [slug for (slug,) in sql.rows("SELECT slug FROM workflow")]
-        )
-        found = (self.context.catalog.workflow(slug) for slug in slugs)
-        return [definition.slug for definition in found if definition is not None and definition.ranged]
 
     async def CancelRun(
         self, request: run_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
