@@ -675,19 +675,31 @@ def run_changed_tx(
     The backfill's counters follow at the end of the transaction, where it finishes once every
     key is decided, and the transition's event gets the backfill's snapshot.
     """
-    keys = store.keys_of_run(run.id)
-    if not keys:
+    spans = store.run_key_spans(run.id)
+    if not spans:
         return
     changes = _changes(outbox, now_us)
-    groups: dict[tuple[int, str, str], list[KeyRow]] = {}
-    for key in sorted(keys, key=lambda key: (key.backfill_id, key.ordinal)):
-        target = run.state
-        if failed_keys is not None and key.partition_key not in failed_keys:
-            target = runs.SUCCEEDED
-        groups.setdefault((key.backfill_id, key.state, target), []).append(key)
+    moves: list[tuple[int, str, str, int]] = []  # (backfill, from state, to state, keys moved)
+    for span in spans:
+        if failed_keys is None:
+            moves.append(
+                (
+                    span.backfill_id,
+                    span.state,
+                    run.state,
+                    store.move_span(span, run.state, attempted, error, now_us),
+                )
+            )
+            continue
+        # A FAILED ranged run: its failed keys fail, the others succeeded.
+        failed = store.move_span(span, run.state, attempted, error, now_us, only_keys=sorted(failed_keys))
+        succeeded = store.move_span(span, runs.SUCCEEDED, attempted, None, now_us)
+        moves += [
+            (span.backfill_id, span.state, run.state, failed),
+            (span.backfill_id, span.state, runs.SUCCEEDED, succeeded),
+        ]
     canceling_checked: set[int] = set()
-    for (backfill_id, old_state, target), group in groups.items():
-        moved = store.move_keys(group, target, attempted, error if target == run.state else None, now_us)
+    for backfill_id, old_state, target, moved in moves:
         if not moved or old_state == target:
             continue
         own = _own_event(outbox, run, backfill_id)

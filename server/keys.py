@@ -148,12 +148,9 @@ def resolve_range(
         keys = tuple(spec.keys_page(span.start, len(span), now))
         here = [SlicePosition(index, index) for index in span]
     else:
-        windows = spec.windows_page(span.start, len(span), now)
-        keys = tuple(window.key for window in windows)
-        here = [
-            SlicePosition(int(window.window.start.timestamp()), index)
-            for window, index in zip(windows, span, strict=True)
-        ]
+        starts = spec.starts_page(span.start, len(span), now)
+        keys = tuple(key for key, _ in starts)
+        here = [SlicePosition(start, index) for (_, start), index in zip(starts, span, strict=True)]
     resolved = Coverage(
         keys,
         dict.fromkeys(definition.partitioned_asset_ids, here),

@@ -75,6 +75,7 @@ from storage import dynamic_partitions, events, partition_state, runs, sql
 from storage import lineage as store
 from storage.events import Outbox
 from storage.lineage import LineageRow, Target
+from storage.materializations import RecordedMaterialization
 from storage.models import Materialization, PartitionState, Run, from_micros, micros
 from storage.partition_state import SlicePosition
 
@@ -538,7 +539,7 @@ def inputs_json(run: Run | None) -> str:
 def on_materialized(
     catalog: Catalog,
     definition: WorkflowDefinition,
-    rows: Sequence[Materialization],
+    rows: Sequence[RecordedMaterialization],
     run: Run | None,
     positions: dict[tuple[str, str], SlicePosition],
     now_us: int,
@@ -548,7 +549,7 @@ def on_materialized(
     if not rows:
         return
     newest: dict[str, tuple[int, int]] = {}
-    by_asset: dict[str, list[Materialization]] = {}
+    by_asset: dict[str, list[RecordedMaterialization]] = {}
     for row in rows:
         newest[row.asset_id] = max(newest.get(row.asset_id, (0, 0)), (int(row.id), int(row.create_time)))
         by_asset.setdefault(row.asset_id, []).append(row)
@@ -578,7 +579,7 @@ def on_materialized(
 
 def _mark_downstream(
     dependency: Dependency,
-    rows: Sequence[Materialization],
+    rows: Sequence[RecordedMaterialization],
     positions: dict[tuple[str, str], SlicePosition],
     now_us: int,
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from google.protobuf import json_format
 
@@ -16,7 +17,8 @@ from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import InvalidArgument, ViolationCollector
 from storage import materializations, partition_state
 from storage.events import NewEvent, Outbox
-from storage.models import Materialization, Run, micros
+from storage.materializations import RecordedMaterialization
+from storage.models import Run, micros
 from storage.partition_state import SlicePosition
 
 
@@ -26,13 +28,13 @@ def validated_result_assets(
     run_key: str,
     fields: Sequence[str],
     max_artifacts: int,
-) -> list[tuple[asset_pb2.ResultAsset, str]]:
-    """Each reported asset with the key it lands at; every bad field is named at once.
-    `fields[i]` is the request path of `assets[i]` (e.g. `assets[3]`)."""
+) -> list[Reported]:
+    """Each reported asset at the key it lands at, ready to store; every bad field is named at
+    once. `fields[i]` is the request path of `assets[i]` (e.g. `assets[3]`)."""
     collector = ViolationCollector()
     produced = set(definition.produced_asset_ids)
     seen: set[tuple[str, str]] = set()
-    result = []
+    result: list[tuple[asset_pb2.ResultAsset, str]] = []
     for asset, asset_field in zip(assets, fields, strict=True):
         if asset.asset_id not in produced:
             collector.add(
@@ -67,19 +69,41 @@ def validated_result_assets(
                 )
         result.append((asset, key))
     collector.raise_if_any("invalid result assets")
-    return result
+    return [_stored(asset, key) for asset, key in result]
+
+
+class Reported(NamedTuple):
+    """A slice to record: its asset and key, its artifacts and payload as stored (JSON)."""
+
+    asset_id: str
+    partition_key: str
+    artifacts: str = "[]"
+    payload: str = "{}"
+
+
+def _stored(asset: asset_pb2.ResultAsset, key: str) -> Reported:
+    return Reported(
+        asset.asset_id,
+        key,
+        convert.dumps(
+            [json_format.MessageToDict(a, preserving_proto_field_name=True) for a in asset.artifacts]
+        )
+        if asset.artifacts
+        else "[]",
+        json_format.MessageToJson(asset.payload, indent=None) if asset.payload.fields else "{}",
+    )
 
 
 def record_materializations(
     outbox: Outbox,
     definition: WorkflowDefinition,
-    reported: list[tuple[asset_pb2.ResultAsset, str]],
+    reported: list[Reported],
     run: Run | None,
     now_us: int,
     positions_of: dict[tuple[str, str], SlicePosition],
     *,
     catalog: Catalog | None = None,
-) -> list[Materialization]:
+) -> list[RecordedMaterialization]:
     """Inserts the materializations, moves each slice's state, and emits MATERIALIZED events;
     a run's materializations carry the upstream inputs recorded when it was claimed, and the
     lineage of upstream and downstream keys moves with them (server/lineage.py)."""
@@ -88,18 +112,9 @@ def record_materializations(
     recorded = materializations.insert_all(
         [
             materializations.NewMaterialization(
-                asset_id=asset.asset_id,
-                partition_key=key,
-                run_id=run_id,
-                artifacts=convert.dumps(
-                    [json_format.MessageToDict(a, preserving_proto_field_name=True) for a in asset.artifacts]
-                ),
-                payload=json_format.MessageToJson(asset.payload, indent=None)
-                if asset.payload.fields
-                else "{}",
-                inputs=inputs,
+                item.asset_id, item.partition_key, run_id, item.artifacts, item.payload, inputs
             )
-            for asset, key in reported
+            for item in reported
         ],
         now_us,
     )
@@ -116,6 +131,7 @@ def record_materializations(
         ],
         now_us,
     )
+    backfill_id, state, attempt = (run.backfill_id, run.state, run.attempt) if run else (None, "", 0)
     for row in recorded:
         outbox.add(
             NewEvent(
@@ -123,11 +139,11 @@ def record_materializations(
                 workflow_slug=definition.slug,
                 run_id=run_id,
                 partition_key=row.partition_key,
-                backfill_id=run.backfill_id if run else None,
-                state=run.state if run else "",
-                attempt=run.attempt if run else 0,
+                backfill_id=backfill_id,
+                state=state,
+                attempt=attempt,
                 asset_id=row.asset_id,
-                materialization_ids=[row.id],
+                materialization_ids=(row.id,),
             )
         )
     lineage.on_materialized(catalog or Catalog(), definition, recorded, run, positions_of, now_us)
@@ -136,26 +152,26 @@ def record_materializations(
 
 def resolve_result_positions(
     definition: WorkflowDefinition,
-    reported: list[tuple[asset_pb2.ResultAsset, str]],
+    reported: list[Reported],
     fields: Sequence[str],
     now: datetime,
 ) -> dict[tuple[str, str], SlicePosition]:
     """Positions of every reported (asset, key); a key not valid for its asset is INVALID_ARGUMENT."""
     positions: dict[tuple[str, str], SlicePosition] = {}
     cache: dict[str, dict[str, SlicePosition]] = {}
-    for (asset, key), field in zip(reported, fields, strict=True):
-        if asset.asset_id not in definition.partitioned_asset_ids:
+    for (asset_id, key, _, _), field in zip(reported, fields, strict=True):
+        if asset_id not in definition.partitioned_asset_ids:
             if key:
                 raise InvalidArgument.for_field(
-                    f"{field}.partition_key", f"asset {asset.asset_id!r} is not partitioned; omit the key"
+                    f"{field}.partition_key", f"asset {asset_id!r} is not partitioned; omit the key"
                 )
-            positions[(asset.asset_id, key)] = keys.UNPARTITIONED
+            positions[(asset_id, key)] = keys.UNPARTITIONED
             continue
         if key not in cache:
             cache[key] = keys.resolve_positions(
                 definition, key, now, field=f"{field}.partition_key", register=False
             )
-        positions[(asset.asset_id, key)] = cache[key][asset.asset_id]
+        positions[(asset_id, key)] = cache[key][asset_id]
     return positions
 
 
@@ -167,7 +183,7 @@ def complete_tx(
     request: worker_pb2.CompleteRunRequest,
     now: datetime,
     max_artifacts: int,
-) -> list[Materialization]:
+) -> list[RecordedMaterialization]:
     """CompleteRun of the leased `run`: records the reported slices, then ends the run — SUCCEEDED,
     or FAILED when it reports failed keys (the others' materializations stand).
 
@@ -181,7 +197,7 @@ def complete_tx(
     reported_assets = list(request.assets)
     fields = [f"assets[{index}]" for index in range(len(reported_assets))]
     reported = validated_result_assets(definition, reported_assets, run.partition_key, fields, max_artifacts)
-    reported_keys = {key for _, key in reported}
+    reported_keys = {item.partition_key for item in reported}
     collector = ViolationCollector()
     for index, key in enumerate(request.failed_partition_keys):
         if key in reported_keys:
@@ -199,7 +215,7 @@ def complete_tx(
     collector.raise_if_any("invalid CompleteRun request")
     positions = resolve_result_positions(definition, reported, fields, now)
     if all_succeeded:
-        done = {(asset.asset_id, key) for asset, key in reported}
+        done = {(item.asset_id, item.partition_key) for item in reported}
         coverage = keys.of_run(definition, run, now)
         index_of = {key: index for index, key in enumerate(coverage.keys)}
         for asset_id in definition.produced_asset_ids:
@@ -207,7 +223,7 @@ def complete_tx(
             for key in covered if partitioned else ("",):
                 if key in failed or (asset_id, key) in done:
                     continue
-                reported.append((asset_pb2.ResultAsset(asset_id=asset_id), key))
+                reported.append(Reported(asset_id, key))
                 positions[(asset_id, key)] = (
                     coverage.positions[asset_id][index_of[key]] if partitioned else keys.UNPARTITIONED
                 )

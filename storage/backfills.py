@@ -412,13 +412,32 @@ def in_flight_keys(backfill_id: int) -> list[KeyRow]:
     return [_key(row) for row in found]
 
 
-def keys_of_run(run_id: int) -> list[KeyRow]:
-    """The in-flight keys (of any backfill) whose current run is `run_id`."""
+@dataclass(frozen=True)
+class KeySpan:
+    """The keys of one backfill in one state whose current run is `run_id`: `count` keys with
+    ordinals in `first`..`last` (other backfills' or runs' keys may lie between)."""
+
+    backfill_id: int
+    state: str
+    run_id: int
+    first: int
+    last: int
+    count: int
+
+
+def run_key_spans(run_id: int) -> list[KeySpan]:
+    """The in-flight keys (of any backfill) whose current run is `run_id`, per (backfill, state),
+    in backfill order: a ranged run's thousand keys are a row, not a thousand."""
     found = sql.rows(
-        f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE run_id = %s AND state IN ('QUEUED', 'RUNNING')",
+        "SELECT backfill_id, state, MIN(ordinal), MAX(ordinal), COUNT(*) FROM backfill_partition "
+        "WHERE run_id = %s AND state IN ('QUEUED', 'RUNNING') GROUP BY backfill_id, state "
+        "ORDER BY backfill_id, state",
         (run_id,),
     )
-    return [_key(row) for row in found]
+    return [
+        KeySpan(int(backfill_id), state, run_id, int(first), int(last), int(count))
+        for backfill_id, state, first, last, count in found
+    ]
 
 
 def last_event_sequence(backfill_id: int) -> int:
@@ -544,24 +563,35 @@ def fail_taken_key(backfill_id: int, ordinal: int, error: str, now: int) -> None
 
 def move_key(key: KeyRow, state: str, attempts: int, error: str | None, now: int) -> bool:
     """The key's run changed: `key.state` -> `state`; False when the key had moved already."""
-    return bool(move_keys([key], state, attempts, error, now))
+    assert key.run_id is not None
+    span = KeySpan(key.backfill_id, key.state, key.run_id, key.ordinal, key.ordinal, 1)
+    return bool(move_span(span, state, attempts, error, now))
 
 
-def move_keys(keys: Sequence[KeyRow], state: str, attempts: int, error: str | None, now: int) -> int:
-    """Keys of one backfill, all in one state with one run, follow the run: -> `state`; returns
-    how many moved (keys that had moved already stay)."""
-    first = keys[0]
+def move_span(
+    span: KeySpan,
+    state: str,
+    attempts: int,
+    error: str | None,
+    now: int,
+    only_keys: Sequence[str] | None = None,
+) -> int:
+    """The span's keys (those of `only_keys`, when given) follow their run: `span.state` ->
+    `state`; returns how many moved (keys that had moved already stay)."""
     error_update = ", last_error = %s" if error is not None else ""
-    params: list[Any] = [state, attempts]
-    if error is not None:
-        params.append(error)
+    params: list[Any] = [state, attempts, *([error] if error is not None else []), now]
+    where = "WHERE backfill_id = %s AND ordinal BETWEEN %s AND %s AND state = %s AND run_id = %s"
+    span_params = [span.backfill_id, span.first, span.last, span.state, span.run_id]
+    update = (
+        f"UPDATE backfill_partition SET state = %s, attempts = attempts + %s{error_update}, update_time = %s "
+    )
+    if only_keys is None:
+        return int(sql.execute(update + where, (*params, *span_params)).rowcount)
     moved = 0
-    for start in range(0, len(keys), CHUNK):
-        condition, ordinals = _ordinals([key.ordinal for key in keys[start : start + CHUNK]])
+    for start in range(0, len(only_keys), CHUNK):
+        chunk = only_keys[start : start + CHUNK]
         cursor = sql.execute(
-            f"UPDATE backfill_partition SET state = %s, attempts = attempts + %s{error_update}, update_time = %s "
-            f"WHERE backfill_id = %s AND {condition} AND state = %s AND run_id = %s",
-            (*params, now, first.backfill_id, *ordinals, first.state, first.run_id),
+            update + where + f" AND partition_key IN ({_in(chunk)})", (*params, *span_params, *chunk)
         )
         moved += int(cursor.rowcount)
     return moved

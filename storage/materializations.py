@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from storage import sql
 from storage.models import Materialization, PartitionState
 
 
-@dataclass(frozen=True)
-class NewMaterialization:
+class NewMaterialization(NamedTuple):
     asset_id: str
     partition_key: str
     run_id: int | None
@@ -19,38 +18,36 @@ class NewMaterialization:
     inputs: str = "[]"
 
 
-# Rows per INSERT: well under every engine's limit on bound parameters (7 a row).
-INSERT_CHUNK = 500
+class RecordedMaterialization(NamedTuple):
+    """A row `insert_all` wrote: a `Materialization`'s columns without a model's cost (a
+    ranged run records thousands at once)."""
+
+    id: int
+    asset_id: str
+    partition_key: str
+    run_id: int | None
+    artifacts: str
+    payload: str
+    inputs: str
+    create_time: int
 
 
-def insert_all(news: Sequence[NewMaterialization], now: int) -> list[Materialization]:
+def insert_all(news: Sequence[NewMaterialization], now: int) -> list[RecordedMaterialization]:
     """Inserts the materializations in multi-row statements; the rows come back in the order given."""
-    inserted: dict[tuple[str, str], list[Materialization]] = {}
-    for start in range(0, len(news), INSERT_CHUNK):
-        chunk = news[start : start + INSERT_CHUNK]
-        rows = sql.returning_models(
-            Materialization,
-            "INSERT INTO materialization (asset_id, partition_key, run_id, artifacts, payload, inputs, "
-            "create_time) VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk)),
-            [
-                value
-                for new in chunk
-                for value in (
-                    new.asset_id,
-                    new.partition_key,
-                    new.run_id,
-                    new.artifacts,
-                    new.payload,
-                    new.inputs,
-                    now,
-                )
-            ],
+    recorded: list[RecordedMaterialization] = []
+    for values, params in sql.values_chunks("(%s, %s, %s, %s, %s, %s, %s)", [(*new, now) for new in news]):
+        # RETURNING promises no order, but one statement's ids rise in VALUES order.
+        ids = sorted(
+            int(row[0])
+            for row in sql.rows(
+                "INSERT INTO materialization (asset_id, partition_key, run_id, artifacts, payload, inputs, "
+                f"create_time) VALUES {values} RETURNING id",
+                params,
+            )
         )
-        # RETURNING promises no order: match the rows back by their (asset, key), and a slice
-        # given twice by id (ids rise in VALUES order).
-        for row in sorted(rows, key=lambda row: int(row.id)):
-            inserted.setdefault((row.asset_id, row.partition_key), []).append(row)
-    return [inserted[(new.asset_id, new.partition_key)].pop(0) for new in news]
+        given = news[len(recorded) : len(recorded) + len(ids)]
+        recorded.extend(RecordedMaterialization(id_, *new, now) for id_, new in zip(ids, given, strict=True))
+    return recorded
 
 
 def latest(asset_id: str, partition_key: str) -> Materialization | None:

@@ -43,19 +43,21 @@ def mark_in_flight(
 ) -> None:
     """A run for the keys was queued: each key's slice of each asset (at `positions[asset][i]`
     for `partition_keys[i]`) is IN_PROGRESS and this is its latest run."""
-    sql.execute_many(
-        "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
-        "in_flight_run_id, update_time) VALUES (%s, %s, %s, %s, 'IN_PROGRESS', %s, %s, %s) "
-        "ON CONFLICT (asset_id, partition_key) DO UPDATE SET status = 'IN_PROGRESS', "
-        "latest_run_id = excluded.latest_run_id, in_flight_run_id = excluded.in_flight_run_id, "
-        "position = excluded.position, ordinal = excluded.ordinal, update_time = excluded.update_time "
-        "WHERE partition_state.latest_run_id IS NULL OR partition_state.latest_run_id <= excluded.latest_run_id",
-        [
-            (asset_id, key, position, ordinal, run_id, run_id, now)
-            for asset_id, found in positions.items()
-            for key, (position, ordinal) in zip(partition_keys, found, strict=True)
-        ],
-    )
+    rows = [
+        (asset_id, key, position, ordinal, run_id, run_id, now)
+        for asset_id, found in positions.items()
+        for key, (position, ordinal) in zip(partition_keys, found, strict=True)
+    ]
+    for values, params in sql.values_chunks("(%s, %s, %s, %s, 'IN_PROGRESS', %s, %s, %s)", rows):
+        sql.execute(
+            "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
+            f"in_flight_run_id, update_time) VALUES {values} "
+            "ON CONFLICT (asset_id, partition_key) DO UPDATE SET status = 'IN_PROGRESS', "
+            "latest_run_id = excluded.latest_run_id, in_flight_run_id = excluded.in_flight_run_id, "
+            "position = excluded.position, ordinal = excluded.ordinal, update_time = excluded.update_time "
+            "WHERE partition_state.latest_run_id IS NULL OR partition_state.latest_run_id <= excluded.latest_run_id",
+            params,
+        )
 
 
 def settle(
@@ -88,36 +90,37 @@ def record_materializations(recorded: Sequence[RecordedSlice], now: int) -> None
     that recorded it, that run ended."""
     if not recorded:
         return
-    sql.execute_many(
-        "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
-        "latest_materialization_id, latest_materialization_time, update_time) "
-        "VALUES (%s, %s, %s, %s, 'MATERIALIZED', %s, %s, %s, %s) "
-        "ON CONFLICT (asset_id, partition_key) DO UPDATE SET "
-        "in_flight_run_id = CASE WHEN partition_state.in_flight_run_id = %s THEN NULL "
-        "ELSE partition_state.in_flight_run_id END, "
-        "status = CASE WHEN partition_state.in_flight_run_id IS NOT NULL "
-        "AND partition_state.in_flight_run_id <> %s THEN 'IN_PROGRESS' ELSE 'MATERIALIZED' END, "
-        "latest_materialization_id = excluded.latest_materialization_id, "
-        "latest_materialization_time = excluded.latest_materialization_time, "
-        "update_time = excluded.update_time "
-        "WHERE partition_state.latest_materialization_id IS NULL "
-        "OR partition_state.latest_materialization_id < excluded.latest_materialization_id",
-        [
-            (
-                item.asset_id,
-                item.partition_key,
-                item.where.position,
-                item.where.ordinal,
-                item.run_id,
-                item.materialization_id,
-                now,
-                now,
-                item.run_id or -1,
-                item.run_id or -1,
-            )
-            for item in recorded
-        ],
-    )
+    rows = [
+        (
+            item.asset_id,
+            item.partition_key,
+            item.where.position,
+            item.where.ordinal,
+            item.run_id,
+            item.materialization_id,
+            now,
+            now,
+        )
+        for item in _newest_per_slice(recorded)
+    ]
+    # The recording run is excluded.latest_run_id (-1 when none, which no in-flight run equals).
+    for values, params in sql.values_chunks("(%s, %s, %s, %s, 'MATERIALIZED', %s, %s, %s, %s)", rows):
+        sql.execute(
+            "INSERT INTO partition_state (asset_id, partition_key, position, ordinal, status, latest_run_id, "
+            f"latest_materialization_id, latest_materialization_time, update_time) VALUES {values} "
+            "ON CONFLICT (asset_id, partition_key) DO UPDATE SET "
+            "in_flight_run_id = CASE WHEN partition_state.in_flight_run_id = COALESCE(excluded.latest_run_id, -1) "
+            "THEN NULL ELSE partition_state.in_flight_run_id END, "
+            "status = CASE WHEN partition_state.in_flight_run_id IS NOT NULL "
+            "AND partition_state.in_flight_run_id <> COALESCE(excluded.latest_run_id, -1) THEN 'IN_PROGRESS' "
+            "ELSE 'MATERIALIZED' END, "
+            "latest_materialization_id = excluded.latest_materialization_id, "
+            "latest_materialization_time = excluded.latest_materialization_time, "
+            "update_time = excluded.update_time "
+            "WHERE partition_state.latest_materialization_id IS NULL "
+            "OR partition_state.latest_materialization_id < excluded.latest_materialization_id",
+            params,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,17 @@ class RecordedSlice:
     where: SlicePosition
     materialization_id: int
     run_id: int | None
+
+
+def _newest_per_slice(recorded: Sequence[RecordedSlice]) -> list[RecordedSlice]:
+    """One entry per slice, its newest materialization: one upsert statement may not touch a
+    row twice on PostgreSQL, and the upsert keeps only the newest anyway."""
+    newest: dict[tuple[str, str], RecordedSlice] = {}
+    for item in recorded:
+        seen = newest.setdefault((item.asset_id, item.partition_key), item)
+        if seen.materialization_id < item.materialization_id:
+            newest[(item.asset_id, item.partition_key)] = item
+    return list(newest.values())
 
 
 def rebuild_state() -> None:

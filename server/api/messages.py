@@ -9,6 +9,7 @@ from google.protobuf import json_format
 
 from partita.v1 import asset_pb2, run_pb2
 from server.api import convert
+from storage.materializations import RecordedMaterialization
 from storage.models import Materialization, Run, RunEvent
 
 
@@ -48,7 +49,7 @@ def run_message(row: Run) -> run_pb2.Run:
     return run
 
 
-def materialization_message(row: Materialization) -> asset_pb2.Materialization:
+def materialization_message(row: Materialization | RecordedMaterialization) -> asset_pb2.Materialization:
     message = asset_pb2.Materialization(
         id=str(row.id),
         asset_id=row.asset_id,

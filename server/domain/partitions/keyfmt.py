@@ -17,27 +17,43 @@ is all a canonical key can be; anything it rejects cannot be a valid key.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
+from operator import attrgetter
 
+# Directive -> (what parsing accepts, how formatting writes it, the datetime attribute).
 _FAST_DIRECTIVES = {
-    "Y": r"(\d{4})",
-    "m": r"(\d{2})",
-    "d": r"(\d{2})",
-    "H": r"(\d{2})",
-    "M": r"(\d{2})",
-    "S": r"(\d{2})",
+    "Y": (r"(\d{4})", "%04d", "year"),
+    "m": (r"(\d{2})", "%02d", "month"),
+    "d": (r"(\d{2})", "%02d", "day"),
+    "H": (r"(\d{2})", "%02d", "hour"),
+    "M": (r"(\d{2})", "%02d", "minute"),
+    "S": (r"(\d{2})", "%02d", "second"),
 }
 _SUFFIX = r"(?:([+-])(\d{2})(\d{2})(\d{2})?)?"
 
 
-def _compile_fast(fmt: str) -> tuple[re.Pattern[str], tuple[str, ...]] | None:
+@dataclass(frozen=True)
+class _FastFormat:
+    """A fmt made only of the `_FAST_DIRECTIVES` and literals, compiled both ways."""
+
+    pattern: re.Pattern[str]
+    fields: tuple[str, ...]
+    template: str  # printf-style: strftime's output for 4-digit years, without its cost
+    values: Callable[[datetime], object]  # the template's values (one alone is not a tuple)
+
+
+def _compile_fast(fmt: str) -> _FastFormat | None:
     parts: list[str] = []
+    template: list[str] = []
     fields: list[str] = []
     i = 0
     while i < len(fmt):
         char = fmt[i]
         if char != "%":
             parts.append(re.escape(char))
+            template.append(char)
             i += 1
             continue
         if i + 1 >= len(fmt):
@@ -45,13 +61,26 @@ def _compile_fast(fmt: str) -> tuple[re.Pattern[str], tuple[str, ...]] | None:
         directive = fmt[i + 1]
         if directive == "%":
             parts.append("%")
+            template.append("%%")
         elif directive in _FAST_DIRECTIVES:
-            parts.append(_FAST_DIRECTIVES[directive])
+            accepted, written, _ = _FAST_DIRECTIVES[directive]
+            parts.append(accepted)
+            template.append(written)
             fields.append(directive)
         else:
             return None
         i += 2
-    return re.compile("".join(parts) + _SUFFIX + r"\Z"), tuple(fields)
+    names = [_FAST_DIRECTIVES[name][2] for name in fields]
+    return _FastFormat(
+        re.compile("".join(parts) + _SUFFIX + r"\Z"),
+        tuple(fields),
+        "".join(template),
+        attrgetter(*names) if names else _no_values,
+    )
+
+
+def _no_values(moment: datetime) -> tuple[()]:
+    return ()
 
 
 class KeyFormat:
@@ -68,6 +97,9 @@ class KeyFormat:
         moment = datetime.fromtimestamp(instant, self.zone)
         if second_occurrence and not self.has_offset:
             return moment.strftime(self._fallback_fmt)
+        # strftime writes years below 1000 unpadded; the template pads, so it serves the rest.
+        if self._fast is not None and moment.year >= 1000:
+            return self._fast.template % self._fast.values(moment)
         return moment.strftime(self.fmt)
 
     def parse(self, text: str, *, lenient: bool = False) -> float | None:
@@ -109,8 +141,8 @@ class KeyFormat:
 
     def _parse_fast(self, text: str) -> datetime | None:
         assert self._fast is not None
-        pattern, fields = self._fast
-        match = pattern.match(text)
+        fields = self._fast.fields
+        match = self._fast.pattern.match(text)
         if match is None:
             return None
         groups = match.groups()

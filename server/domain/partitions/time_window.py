@@ -371,15 +371,20 @@ class TimeWindowSpec:
     def _iter_ticks(self, index: int) -> Iterator[tuple[int, bool]]:
         return self._schedule.iter_ticks(self._first + index)
 
-    def keys_page(self, offset: int, limit: int, now: datetime) -> list[str]:
-        """Keys offset .. offset+limit-1 in definition (chronological) order."""
+    def _page_ticks(self, offset: int, limit: int, now: datetime, extra: int = 0) -> list[tuple[int, bool]]:
+        """Ticks (with their second-occurrence flag) of windows offset .. offset+limit-1 as of
+        `now`, and `extra` ticks after them."""
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must be >= 0")
         stop = min(offset + limit, self._last_index(now) + 1)
         if offset >= stop:
             return []
+        return list(islice(self._iter_ticks(offset), stop - offset + extra))
+
+    def keys_page(self, offset: int, limit: int, now: datetime) -> list[str]:
+        """Keys offset .. offset+limit-1 in definition (chronological) order."""
         fmt = self._format.format
-        return [fmt(t, second) for t, second in islice(self._iter_ticks(offset), stop - offset)]
+        return [fmt(t, second) for t, second in self._page_ticks(offset, limit, now)]
 
     def keys(self, now: datetime) -> Iterator[str]:
         fmt = self._format.format
@@ -387,18 +392,18 @@ class TimeWindowSpec:
         for t, second in islice(self._iter_ticks(0), total):
             yield fmt(t, second)
 
+    def starts_page(self, offset: int, limit: int, now: datetime) -> list[tuple[str, int]]:
+        """(key, window start in epoch seconds) like `keys_page`: what a key's position needs,
+        without building its window."""
+        fmt = self._format.format
+        return [(fmt(t, second), t) for t, second in self._page_ticks(offset, limit, now)]
+
     def windows_page(self, offset: int, limit: int, now: datetime) -> list[PartitionWindow]:
         """Keys with their windows, like `keys_page`."""
-        if offset < 0 or limit < 0:
-            raise ValueError("offset and limit must be >= 0")
-        stop = min(offset + limit, self._last_index(now) + 1)
-        if offset >= stop:
-            return []
         fmt = self._format.format
-        ticks = list(islice(self._iter_ticks(offset), stop - offset + 1))
         return [
             PartitionWindow(fmt(t, second), TimeWindow(self._dt(t), self._dt(t_next)))
-            for (t, second), (t_next, _) in pairwise(ticks)
+            for (t, second), (t_next, _) in pairwise(self._page_ticks(offset, limit, now, extra=1))
         ]
 
     # ------------------------------------------------------------------ keys
