@@ -233,7 +233,7 @@ def insert_backfill(new: NewBackfill, total: int, now: int, keys_per_run: int = 
 
 def insert_plan(backfill_id: int, keys: Sequence[str], now: int) -> None:
     """One PENDING row per key, ordinal = index in `keys` (key order), in bulk: COPY on
-    PostgreSQL, one executemany on SQLite — never a statement per row from Python."""
+    PostgreSQL, multi-row VALUES statements on SQLite — never a statement per row from Python."""
     if not keys:
         return
     db = _database()
@@ -249,15 +249,14 @@ def insert_plan(backfill_id: int, keys: Sequence[str], now: int) -> None:
         finally:
             cursor.close()
         return
-    cursor = db.cursor()
-    try:
-        cursor.executemany(
+    for values, params in sql.values_chunks(
+        f"({backfill_id}, %s, %s, 'PENDING', 0, '', {now}, 'BACKFILL')", list(enumerate(keys))
+    ):
+        sql.execute(
             "INSERT INTO backfill_partition (backfill_id, ordinal, partition_key, state, attempts, last_error, "
-            "update_time, next_trigger) VALUES (?, ?, ?, 'PENDING', 0, '', ?, 'BACKFILL')",
-            ((backfill_id, ordinal, key, now) for ordinal, key in enumerate(keys)),
+            f"update_time, next_trigger) VALUES {values}",
+            params,
         )
-    finally:
-        cursor.close()
 
 
 # --- reading ------------------------------------------------------------------------------------

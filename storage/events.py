@@ -25,8 +25,6 @@ from storage import sql
 from storage.models import RunEvent
 
 EVENT_ORDER_LOCK = 0x7061727469746132
-# Events per INSERT: well under every engine's limit on bound parameters (13 an event).
-EVENT_INSERT_CHUNK = 500
 # The LISTEN/NOTIFY channel that wakes the event followers of every replica (PostgreSQL).
 EVENTS_CHANNEL = "partita_events"
 
@@ -35,7 +33,7 @@ EVENTS_CHANNEL = "partita_events"
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
-@dataclass
+@dataclass(slots=True)
 class NewEvent:
     type: str
     workflow_slug: str = ""
@@ -77,40 +75,34 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
     """Inserts events in order and returns their sequences. Call last in a transaction."""
     if isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (EVENT_ORDER_LOCK,))
-    # Plain SQL: peewee's query builder costs more than the insert itself on this hot path.
-    placeholder = "?" if isinstance(db, pw.SqliteDatabase) else "%s"
-    row_values = "(" + ", ".join([placeholder] * 13) + ")"
+    rows = [
+        (
+            now_micros,
+            event.run_id,
+            event.workflow_slug,
+            event.partition_key,
+            event.backfill_id,
+            event.asset_id,
+            event.type,
+            event.state,
+            event.attempt,
+            event.progress,
+            event.message,
+            "[" + ",".join(map(str, event.materialization_ids)) + "]",
+            _COMPACT.encode(event.data) if event.data else "{}",
+        )
+        for event in events
+    ]
     sequences: list[int] = []
-    for start in range(0, len(events), EVENT_INSERT_CHUNK):
-        chunk = events[start : start + EVENT_INSERT_CHUNK]
-        params = [
-            value
-            for event in chunk
-            for value in (
-                now_micros,
-                event.run_id,
-                event.workflow_slug,
-                event.partition_key,
-                event.backfill_id,
-                event.asset_id,
-                event.type,
-                event.state,
-                event.attempt,
-                event.progress,
-                event.message,
-                json.dumps(list(event.materialization_ids)),
-                _COMPACT.encode(event.data),
-            )
-        ]
+    for values, params in sql.values_chunks("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows):
         # One statement a chunk: its rows take their sequences in VALUES order, which is the
         # order the events were added in.
-        found = db.execute_sql(
+        found = sql.rows(
             "INSERT INTO run_event (time, run_id, workflow_slug, partition_key, backfill_id, asset_id, "
-            "type, state, attempt, progress, message, materialization_ids, data) VALUES "
-            + ", ".join([row_values] * len(chunk))
-            + " RETURNING sequence",
+            f"type, state, attempt, progress, message, materialization_ids, data) VALUES {values} "
+            "RETURNING sequence",
             params,
-        ).fetchall()
+        )
         sequences.extend(sorted(int(row[0]) for row in found))
     if sequences and isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql(  # type: ignore[no-untyped-call]

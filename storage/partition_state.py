@@ -9,7 +9,6 @@ concurrent transitions of different runs cannot overwrite each other's facts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from storage import sql
@@ -123,8 +122,7 @@ def record_materializations(recorded: Sequence[RecordedSlice], now: int) -> None
         )
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedSlice:
+class RecordedSlice(NamedTuple):
     asset_id: str
     partition_key: str
     where: SlicePosition

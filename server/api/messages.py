@@ -50,13 +50,21 @@ def run_message(row: Run) -> run_pb2.Run:
 
 
 def materialization_message(row: Materialization | RecordedMaterialization) -> asset_pb2.Materialization:
-    message = asset_pb2.Materialization(
-        id=str(row.id),
-        asset_id=row.asset_id,
-        partition_key=row.partition_key,
-        run_id=str(row.run_id) if row.run_id is not None else "",
-        create_time=convert.timestamp(row.create_time),
-    )
+    return fill_materialization(asset_pb2.Materialization(), row)
+
+
+def fill_materialization(
+    message: asset_pb2.Materialization, row: Materialization | RecordedMaterialization
+) -> asset_pb2.Materialization:
+    """Writes the row into `message` in place: responses fill their repeated field with `add()`
+    instead of copying a built message in (a ranged run's CompleteRun answers with thousands)."""
+    message.id = str(row.id)
+    message.asset_id = row.asset_id
+    message.partition_key = row.partition_key
+    if row.run_id is not None:
+        message.run_id = str(row.run_id)
+    message.create_time.seconds, micros = divmod(row.create_time, 1_000_000)
+    message.create_time.nanos = micros * 1_000
     for item in _stored_json(row.artifacts, "[]"):
         message.artifacts.append(json_format.ParseDict(item, asset_pb2.Artifact()))
     for item in _stored_json(row.inputs, "[]"):
