@@ -46,6 +46,14 @@ class WorkflowDefinition:
         keys in `run_slice` while in flight, so ranged and single-key runs never overlap."""
         return self.max_keys_per_run != 1
 
+    @property
+    def reacts_to_upstream(self) -> bool:
+        """Automated on upstream materializations, or its runs wait for upstream data."""
+        return (
+            self.message.automation.condition == workflow_pb2.AUTOMATION_CONDITION_ON_UPSTREAM_MATERIALIZED
+            or self.message.upstream_policy == workflow_pb2.UPSTREAM_POLICY_WAIT
+        )
+
     def key_of(self, asset_id: str, run_key: str) -> str:
         """The key at which a run for `run_key` writes `asset_id` ('' for unpartitioned assets)."""
         return run_key if asset_id in self.partitioned_asset_ids else ""
@@ -53,10 +61,12 @@ class WorkflowDefinition:
 
 @dataclass(frozen=True)
 class _Overview:
-    """What only the whole workflow table answers: each asset's consumers, the ranged workflows."""
+    """What only the whole workflow table answers: each asset's consumers, the ranged workflows,
+    whether any workflow reacts to upstream materializations."""
 
     readers: dict[str, tuple[str, ...]]
     ranged: tuple[str, ...]
+    reacting: bool
 
 
 class Catalog:
@@ -93,6 +103,11 @@ class Catalog:
         """Slugs of the workflows whose runs may cover several keys."""
         return self._current_overview().ranged
 
+    def any_reacting(self) -> bool:
+        """Whether some workflow consumes an asset and is automated on or waits for its
+        materializations (otherwise MATERIALIZED events need no reading by the lineage loop)."""
+        return self._current_overview().reacting
+
     def _current_overview(self) -> _Overview:
         count, newest = sql.rows("SELECT count(*), coalesce(max(update_time), 0) FROM workflow")[0]
         version = (int(count), int(newest))
@@ -101,6 +116,7 @@ class Catalog:
                 return self._overview
         readers: dict[str, set[str]] = {}
         ranged = []
+        reacting = False
         for (slug,) in sql.rows("SELECT slug FROM workflow ORDER BY slug"):
             definition = self.workflow(slug)
             if definition is None:
@@ -109,7 +125,10 @@ class Catalog:
                 readers.setdefault(declared.asset_id, set()).add(slug)
             if definition.ranged:
                 ranged.append(slug)
-        overview = _Overview({asset: tuple(sorted(slugs)) for asset, slugs in readers.items()}, tuple(ranged))
+            reacting = reacting or (bool(definition.message.consumes) and definition.reacts_to_upstream)
+        overview = _Overview(
+            {asset: tuple(sorted(slugs)) for asset, slugs in readers.items()}, tuple(ranged), reacting
+        )
         with self._lock:
             self._overview, self._overview_version = overview, version
         return overview

@@ -1511,7 +1511,10 @@ def lineage_pass_tx(
             oldest,
         )
         cursor = oldest - 1
-    batch, reached = events.materialized_after(cursor, EVENT_BATCH)
+    if catalog.any_reacting():
+        batch, reached = events.materialized_after(cursor, EVENT_BATCH)
+    else:  # no workflow acts on upstream materializations: the events need no reading
+        batch, reached = [], events.head_sequence()
     more = len(batch) == EVENT_BATCH
     consumers_of: dict[str, list[Dependency]] = {}
     requests: dict[tuple[str, str], tuple[str, str, int, str, str]] = {}

@@ -97,13 +97,13 @@ def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) 
     for values, params in sql.values_chunks("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows):
         # One statement a chunk: its rows take their sequences in VALUES order, which is the
         # order the events were added in.
-        found = sql.rows(
+        sequences += sql.inserted_ids(
             "INSERT INTO run_event (time, run_id, workflow_slug, partition_key, backfill_id, asset_id, "
-            f"type, state, attempt, progress, message, materialization_ids, data) VALUES {values} "
-            "RETURNING sequence",
+            f"type, state, attempt, progress, message, materialization_ids, data) VALUES {values}",
             params,
+            len(params) // 13,
+            "sequence",
         )
-        sequences.extend(sorted(int(row[0]) for row in found))
     if sequences and isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql(  # type: ignore[no-untyped-call]
             "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(max(sequences)))

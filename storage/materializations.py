@@ -36,14 +36,12 @@ def insert_all(news: Sequence[NewMaterialization], now: int) -> list[RecordedMat
     """Inserts the materializations in multi-row statements; the rows come back in the order given."""
     recorded: list[RecordedMaterialization] = []
     for values, params in sql.values_chunks("(%s, %s, %s, %s, %s, %s, %s)", [(*new, now) for new in news]):
-        # RETURNING promises no order, but one statement's ids rise in VALUES order.
-        ids = sorted(
-            int(row[0])
-            for row in sql.rows(
-                "INSERT INTO materialization (asset_id, partition_key, run_id, artifacts, payload, inputs, "
-                f"create_time) VALUES {values} RETURNING id",
-                params,
-            )
+        ids = sql.inserted_ids(
+            "INSERT INTO materialization (asset_id, partition_key, run_id, artifacts, payload, inputs, "
+            f"create_time) VALUES {values}",
+            params,
+            len(params) // 7,
+            "id",
         )
         given = news[len(recorded) : len(recorded) + len(ids)]
         recorded.extend(RecordedMaterialization(id_, *new, now) for id_, new in zip(ids, given, strict=True))

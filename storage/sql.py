@@ -48,6 +48,19 @@ def values_chunks(
         yield ", ".join([row_template] * len(part)), [value for params in part for value in params]
 
 
+def inserted_ids(statement: str, params: Sequence[Any], count: int, id_column: str) -> list[int]:
+    """The ids of the `count` rows the multi-row INSERT `statement` writes, in VALUES order.
+
+    SQLite gives one statement's rows consecutive rowids (each the table's largest plus one,
+    with one writer), so the last one names them all without a row-by-row RETURNING fetch (for
+    tables without triggers, which would move it). PostgreSQL returns them: a statement takes
+    its sequence values in VALUES order."""
+    if is_postgres():
+        return sorted(int(row[0]) for row in rows(f"{statement} RETURNING {id_column}", params))
+    last = int(execute(statement, params).lastrowid)
+    return list(range(last - count + 1, last + 1))
+
+
 def rows(query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     return list(execute(query, params).fetchall())
 
