@@ -453,9 +453,11 @@ def _groups(
                     definition, chunk[0].partition_key, chunk[-1].partition_key, now, field="partition_range"
                 )
                 # The plan skips keys the selection left out: the run stops before the first gap.
-                same = 0
-                while same < len(chunk) and coverage.keys[same] == chunk[same].partition_key:
-                    same += 1
+                same = len(chunk)
+                if list(coverage.keys) != [key.partition_key for key in chunk]:
+                    same = 0
+                    while same < len(chunk) and coverage.keys[same] == chunk[same].partition_key:
+                        same += 1
                 if same < len(chunk):
                     chunk = chunk[:same]
                     coverage = key_positions.resolve_range(

@@ -161,13 +161,11 @@ def insert_run(new_run: runs.NewRun, partition_keys: Sequence[str], now_us: int)
     """Inserts the QUEUED run unless a run in flight has one of its keys; None then (nothing
     written). Single keys are deduped by the run table's in-flight index; runs of ranged
     workflows also claim every key in run_slice, whose primary key makes overlaps impossible."""
-    if new_run.claims_slices and runs.slice_holders(new_run.workflow_slug, partition_keys):
-        return None
     run = runs.insert_if_no_run_in_flight(new_run, now_us)
     if run is None or not new_run.claims_slices:
         return run
     if not runs.claim_slices(new_run.workflow_slug, partition_keys, run.id):
-        runs.delete_run(run.id)  # another transaction claimed a key since our check (PostgreSQL)
+        runs.delete_run(run.id)  # an in-flight run holds one of the keys
         return None
     return run
 

@@ -217,16 +217,16 @@ def complete_tx(
     if all_succeeded:
         done = {(item.asset_id, item.partition_key) for item in reported}
         coverage = keys.of_run(definition, run, now)
-        index_of = {key: index for index, key in enumerate(coverage.keys)}
         for asset_id in definition.produced_asset_ids:
-            partitioned = asset_id in definition.partitioned_asset_ids
-            for key in covered if partitioned else ("",):
+            slices = [("", keys.UNPARTITIONED)]
+            if asset_id in definition.partitioned_asset_ids:
+                where_of = dict(zip(coverage.keys, coverage.positions[asset_id], strict=True))
+                slices = [(key, where_of[key]) for key in covered]
+            for key, where in slices:
                 if key in failed or (asset_id, key) in done:
                     continue
                 reported.append(Reported(asset_id, key))
-                positions[(asset_id, key)] = (
-                    coverage.positions[asset_id][index_of[key]] if partitioned else keys.UNPARTITIONED
-                )
+                positions[(asset_id, key)] = where
     # Materializations first, the run's end last: a watcher that stops at it has seen them.
     recorded = record_materializations(
         outbox, definition, reported, run, micros(now), positions, catalog=catalog

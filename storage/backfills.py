@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee as pw
 
@@ -143,9 +143,8 @@ def _backfill(row: Sequence[Any]) -> BackfillRow:
     )
 
 
-@dataclass(frozen=True)
-class KeyRow:
-    """One key of a backfill's plan."""
+class KeyRow(NamedTuple):
+    """One key of a backfill's plan (a tuple: dispatch reads a thousand at a time)."""
 
     backfill_id: int
     ordinal: int
@@ -158,19 +157,8 @@ class KeyRow:
 
 
 _KEY_COLUMNS = "backfill_id, ordinal, partition_key, state, attempts, run_id, last_error, next_trigger"
-
-
-def _key(row: Sequence[Any]) -> KeyRow:
-    return KeyRow(
-        int(row[0]),
-        int(row[1]),
-        row[2],
-        row[3],
-        int(row[4]),
-        None if row[5] is None else int(row[5]),
-        row[6],
-        row[7],
-    )
+# Both drivers return these columns as the types KeyRow declares.
+_key = KeyRow._make
 
 
 def _database() -> pw.Database:
