@@ -381,16 +381,15 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     policy = retry_policy_of(row)
     changes: list[_Change] = []
     added_in_flight = 0
-    # Lock order: this backfill's advisory lock, its keys, runs, then per-asset partition state
-    # (after every run of the batch: a run transition holding its run may wait for that state),
-    # and the backfill row last.
+    # Lock order: this backfill's advisory lock (so its PENDING keys cannot move under us), each
+    # group's new run (seen by no one before commit) or adopted run (locked only if free), its
+    # keys, then per-asset partition state (after every run of the batch: a run transition
+    # holding its run may wait for that state), and the backfill row last.
     marks: list[_Started] = []
     pending = store.pending_keys(backfill_id, room)
     for group, coverage in _groups(definition, pending, row.keys_per_run, now):
         if len(changes) >= limit:
             break
-        if not store.take_pending(backfill_id, [key.ordinal for key in group], now_us):
-            continue
         started = _start_keys(
             outbox, definition, row, group, coverage, requested, labels, policy, now, new_run
         )
@@ -486,8 +485,9 @@ def _start_keys(
     now: datetime,
     new_run: Any,
 ) -> _Started | None:
-    """Keys the dispatcher took (now QUEUED, no run yet): queue their run, adopt the run in
-    flight for exactly these keys, or fail a lone key that no longer belongs to the definition."""
+    """PENDING keys the dispatcher starts: queue their run, adopt the run in flight for exactly
+    these keys, or fail a lone key that no longer belongs to the definition; None leaves them
+    PENDING. Raises DispatchConflict when a key left PENDING meanwhile."""
     now_us = micros(now)
     ordinals = [key.ordinal for key in group]
     first = group[0]
@@ -497,7 +497,7 @@ def _start_keys(
         if coverage is None:
             coverage = key_positions.single(definition, first.partition_key, now, register=False)
     except DomainError as error:
-        store.fail_taken_key(row.id, first.ordinal, error.message, now_us)
+        store.fail_pending_key(row.id, first.ordinal, error.message, now_us)
         event = _backfill_event(
             row,
             "FAILED",
@@ -527,7 +527,7 @@ def _start_keys(
             event = lifecycle.run_event(run, "QUEUED", runs.QUEUED)
             outbox.add(event)
             lifecycle.log_transition(run, runs.QUEUED, f"run {run.id} queued by backfill {row.id}")
-            store.attach_run(row.id, ordinals, run.id, store.QUEUED, 0, now_us)
+            _attach(row, ordinals, run, store.QUEUED, 0, now_us)
             return _Started(store.QUEUED, event, True, len(group), coverage, run.id)
         if coverage.ranged or definition.ranged:
             overlapping = lifecycle.in_flight_overlap(fresh, coverage.keys)
@@ -541,14 +541,20 @@ def _start_keys(
             return _adopt(outbox, row, group, existing, now_us)
         if busy:  # another transaction holds it (PostgreSQL): never wait for a run here
             break
-    store.restore_pending(row.id, ordinals, now_us)
     return None
+
+
+def _attach(
+    row: BackfillRow, ordinals: Sequence[int], run: Run, state: str, attempts: int, now_us: int
+) -> None:
+    if not store.attach_run(row.id, ordinals, run.id, state, attempts, now_us):
+        raise DispatchConflict(f"keys of backfill {row.id} left PENDING while dispatching")
 
 
 def _adopt(outbox: Outbox, row: BackfillRow, group: list[KeyRow], run: Run, now_us: int) -> _Started:
     """The keys already have a run in flight (for exactly these keys): they follow that run."""
     attempts = run.attempt if run.state == runs.RUNNING else run.attempt - 1
-    store.attach_run(row.id, [key.ordinal for key in group], run.id, run.state, attempts, now_us)
+    _attach(row, [key.ordinal for key in group], run, run.state, attempts, now_us)
     event = lifecycle.run_event(
         run,
         "QUEUED" if run.state == runs.QUEUED else "STARTED",

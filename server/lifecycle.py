@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.domain.retry import RetryPolicy
 from storage import partition_state, runs, sql, workflows
 from storage.events import NewEvent, Outbox
+from storage.materializations import RecordedMaterialization
 from storage.models import Run, micros
 
 log = logging.getLogger("partita.runs")
@@ -385,14 +387,16 @@ def fail_keys_tx(
 
 
 def settle_unmaterialized_tx(
-    definition: WorkflowDefinition, run: Run, materialized: set[str], now: datetime
+    definition: WorkflowDefinition, run: Run, recorded: Sequence[RecordedMaterialization], now: datetime
 ) -> None:
-    """Produced assets the run did not materialize at its own key(s) leave IN_PROGRESS."""
-    if run.range_keys:  # only slices still in flight for this run change
-        pending = state_assets(definition, run)
-    else:
-        pending = [asset for asset in state_assets(definition, run) if asset not in materialized]
-    partition_state.settle(pending, keys.covered_keys(run), run.id, False, micros(now))
+    """Produced assets the run did not materialize (`recorded`) at each of its keys leave
+    IN_PROGRESS."""
+    covered = keys.covered_keys(run)
+    members = set(covered)
+    # A CompleteRun records each (asset, key) once, so a count tells which assets are done.
+    done = Counter(row.asset_id for row in recorded if row.partition_key in members)
+    pending = [asset for asset in state_assets(definition, run) if done[asset] < len(covered)]
+    partition_state.settle(pending, covered, run.id, False, micros(now))
 
 
 def reap_tx(outbox: Outbox, catalog: Catalog, now: datetime, limit: int = 100) -> int:

@@ -235,8 +235,7 @@ def complete_tx(
         lifecycle.fail_keys_tx(outbox, catalog, run, [key for key in covered if key in failed], now)
         return recorded
     lifecycle.succeed_tx(outbox, run, now)
-    at_run_key = {row.asset_id for row in recorded if row.partition_key == run.partition_key}
-    lifecycle.settle_unmaterialized_tx(definition, run, at_run_key, now)
+    lifecycle.settle_unmaterialized_tx(definition, run, recorded, now)
     return recorded
 
 

@@ -512,47 +512,24 @@ def _ordinals(ordinals: Sequence[int]) -> tuple[str, list[int]]:
     return f"ordinal IN ({_in(ordinals)})", list(ordinals)
 
 
-def take_pending(backfill_id: int, ordinals: Sequence[int], now: int) -> bool:
-    """PENDING -> QUEUED for the dispatcher, all of the keys or none: False (nothing moved)
-    when someone else moved one of them first."""
-    condition, params = _ordinals(ordinals)
-    cursor = sql.execute(
-        "UPDATE backfill_partition SET state = 'QUEUED', update_time = %s "
-        f"WHERE backfill_id = %s AND {condition} AND state = 'PENDING'",
-        (now, backfill_id, *params),
-    )
-    if cursor.rowcount == len(ordinals):
-        return True
-    restore_pending(backfill_id, ordinals, now)
-    return False
-
-
 def attach_run(
     backfill_id: int, ordinals: Sequence[int], run_id: int, state: str, attempts: int, now: int
-) -> None:
-    """The dispatcher queued (or adopted) `run_id` for keys it took."""
+) -> bool:
+    """PENDING -> `state` with `run_id` for keys the dispatcher queued (or adopted) a run for,
+    all of the keys or none: False when one had left PENDING (the caller rolls back)."""
     condition, params = _ordinals(ordinals)
-    sql.execute(
+    cursor = sql.execute(
         "UPDATE backfill_partition SET run_id = %s, state = %s, attempts = attempts + %s, update_time = %s "
-        f"WHERE backfill_id = %s AND {condition} AND state = 'QUEUED'",
+        f"WHERE backfill_id = %s AND {condition} AND state = 'PENDING'",
         (run_id, state, attempts, now, backfill_id, *params),
     )
+    return int(cursor.rowcount) == len(ordinals)
 
 
-def restore_pending(backfill_id: int, ordinals: Sequence[int], now: int) -> None:
-    """Gives back keys the dispatcher took but could not start."""
-    condition, params = _ordinals(ordinals)
-    sql.execute(
-        "UPDATE backfill_partition SET state = 'PENDING', update_time = %s "
-        f"WHERE backfill_id = %s AND {condition} AND state = 'QUEUED'",
-        (now, backfill_id, *params),
-    )
-
-
-def fail_taken_key(backfill_id: int, ordinal: int, error: str, now: int) -> None:
+def fail_pending_key(backfill_id: int, ordinal: int, error: str, now: int) -> None:
     sql.execute(
         "UPDATE backfill_partition SET state = 'FAILED', last_error = %s, update_time = %s "
-        "WHERE backfill_id = %s AND ordinal = %s AND state = 'QUEUED'",
+        "WHERE backfill_id = %s AND ordinal = %s AND state = 'PENDING'",
         (error, now, backfill_id, ordinal),
     )
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypedDict
 
 from google.protobuf import json_format
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from partita.v1 import asset_pb2, run_pb2
 from server.api import convert
@@ -49,29 +52,53 @@ def run_message(row: Run) -> run_pb2.Run:
     return run
 
 
-def materialization_message(row: Materialization | RecordedMaterialization) -> asset_pb2.Materialization:
-    return fill_materialization(asset_pb2.Materialization(), row)
+MaterializationRow = Materialization | RecordedMaterialization
 
 
-def fill_materialization(
-    message: asset_pb2.Materialization, row: Materialization | RecordedMaterialization
-) -> asset_pb2.Materialization:
-    """Writes the row into `message` in place: responses fill their repeated field with `add()`
-    instead of copying a built message in (a ranged run's CompleteRun answers with thousands)."""
-    message.id = str(row.id)
-    message.asset_id = row.asset_id
-    message.partition_key = row.partition_key
-    if row.run_id is not None:
-        message.run_id = str(row.run_id)
-    message.create_time.seconds, micros = divmod(row.create_time, 1_000_000)
-    message.create_time.nanos = micros * 1_000
+def materialization_message(row: MaterializationRow) -> asset_pb2.Materialization:
+    message = asset_pb2.Materialization(**_identity(row))
+    _fill(message, row, convert.timestamp(row.create_time))
+    return message
+
+
+def add_materializations(
+    target: RepeatedCompositeFieldContainer[asset_pb2.Materialization], rows: Sequence[MaterializationRow]
+) -> None:
+    """Appends the rows' messages to a repeated field in place with `add()` (a built message
+    put into a response is copied, and a ranged run's CompleteRun answers with thousands); rows
+    recorded together share one timestamp message."""
+    stamps: dict[int, Timestamp | None] = {}
+    for row in rows:
+        if row.create_time not in stamps:
+            stamps[row.create_time] = convert.timestamp(row.create_time)
+        _fill(target.add(**_identity(row)), row, stamps[row.create_time])
+
+
+class _Identity(TypedDict):
+    id: str
+    asset_id: str
+    partition_key: str
+    run_id: str
+
+
+def _identity(row: MaterializationRow) -> _Identity:
+    return {
+        "id": str(row.id),
+        "asset_id": row.asset_id,
+        "partition_key": row.partition_key,
+        "run_id": str(row.run_id) if row.run_id is not None else "",
+    }
+
+
+def _fill(message: asset_pb2.Materialization, row: MaterializationRow, stamp: Timestamp | None) -> None:
+    if stamp is not None:
+        message.create_time.CopyFrom(stamp)
     for item in _stored_json(row.artifacts, "[]"):
         message.artifacts.append(json_format.ParseDict(item, asset_pb2.Artifact()))
     for item in _stored_json(row.inputs, "[]"):
         message.inputs.append(json_format.ParseDict(item, asset_pb2.MaterializationInput()))
     if payload := _stored_json(row.payload, "{}"):
         message.payload.update(payload)
-    return message
 
 
 def _stored_json(text: str | None, empty: str) -> Any:

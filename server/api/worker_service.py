@@ -14,7 +14,7 @@ from partita.v1 import asset_pb2, worker_pb2, worker_pb2_grpc
 from server import lifecycle
 from server.api import convert
 from server.api.context import ServiceContext
-from server.api.messages import fill_materialization, run_message
+from server.api.messages import add_materializations, run_message
 from server.api.pending import with_pending_rpcs
 from server.api.run_service import parse_id
 from server.domain.errors import FailedPrecondition, InvalidArgument, ViolationCollector
@@ -179,8 +179,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 outbox, self.context.catalog, definition, run, request, now, limits.max_artifacts_per_asset
             )
             response = worker_pb2.CompleteRunResponse()
-            for row in recorded:
-                fill_materialization(response.materializations.add(), row)
+            add_materializations(response.materializations, recorded)
             requests.record_response(
                 "CompleteRun", replay_key, body_hash, response.SerializeToString(), now_us
             )
