@@ -742,14 +742,14 @@ def run_changed_tx(
 
 def _own_event(outbox: Outbox, run: Run, backfill_id: int) -> NewEvent | None:
     for event in reversed(outbox.events):
-        if event.run_id == run.id and event.backfill_id == backfill_id:
+        if isinstance(event, NewEvent) and event.run_id == run.id and event.backfill_id == backfill_id:
             return event
     return None
 
 
 def _last_event_type(outbox: Outbox, run: Run) -> str:
     for event in reversed(outbox.events):
-        if event.run_id == run.id:
+        if isinstance(event, NewEvent) and event.run_id == run.id:
             return event.type
     return _EVENT_OF_STATE.get(run.state, "PROGRESS")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
 
 from google.protobuf import json_format
 
@@ -16,8 +15,8 @@ from server.api import convert
 from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import InvalidArgument, ViolationCollector
 from storage import materializations, partition_state
-from storage.events import NewEvent, Outbox
-from storage.materializations import RecordedMaterialization
+from storage.events import MaterializedEvents, Outbox
+from storage.materializations import NewMaterialization, RecordedMaterialization
 from storage.models import Run, micros
 from storage.partition_state import SlicePosition
 
@@ -28,7 +27,7 @@ def validated_result_assets(
     run_key: str,
     fields: Sequence[str],
     max_artifacts: int,
-) -> list[Reported]:
+) -> list[NewMaterialization]:
     """Each reported asset at the key it lands at, ready to store; every bad field is named at
     once. `fields[i]` is the request path of `assets[i]` (e.g. `assets[3]`)."""
     collector = ViolationCollector()
@@ -72,17 +71,8 @@ def validated_result_assets(
     return [_stored(asset, key) for asset, key in result]
 
 
-class Reported(NamedTuple):
-    """A slice to record: its asset and key, its artifacts and payload as stored (JSON)."""
-
-    asset_id: str
-    partition_key: str
-    artifacts: str = "[]"
-    payload: str = "{}"
-
-
-def _stored(asset: asset_pb2.ResultAsset, key: str) -> Reported:
-    return Reported(
+def _stored(asset: asset_pb2.ResultAsset, key: str) -> NewMaterialization:
+    return NewMaterialization(
         asset.asset_id,
         key,
         convert.dumps(
@@ -97,7 +87,7 @@ def _stored(asset: asset_pb2.ResultAsset, key: str) -> Reported:
 def record_materializations(
     outbox: Outbox,
     definition: WorkflowDefinition,
-    reported: list[Reported],
+    reported: list[NewMaterialization],
     run: Run | None,
     now_us: int,
     positions_of: dict[tuple[str, str], SlicePosition],
@@ -109,50 +99,25 @@ def record_materializations(
     lineage of upstream and downstream keys moves with them (server/lineage.py)."""
     inputs = lineage.inputs_json(run)
     run_id = run.id if run is not None else None
-    recorded = materializations.insert_all(
-        [
-            materializations.NewMaterialization(
-                item.asset_id, item.partition_key, run_id, item.artifacts, item.payload, inputs
-            )
-            for item in reported
-        ],
-        now_us,
-    )
-    partition_state.record_materializations(
-        [
-            partition_state.RecordedSlice(
-                row.asset_id,
-                row.partition_key,
-                positions_of[(row.asset_id, row.partition_key)],
-                row.id,
-                run_id,
-            )
-            for row in recorded
-        ],
-        now_us,
-    )
-    backfill_id, state, attempt = (run.backfill_id, run.state, run.attempt) if run else (None, "", 0)
-    for row in recorded:
-        outbox.add(
-            NewEvent(
-                type="MATERIALIZED",
-                workflow_slug=definition.slug,
-                run_id=run_id,
-                partition_key=row.partition_key,
-                backfill_id=backfill_id,
-                state=state,
-                attempt=attempt,
-                asset_id=row.asset_id,
-                materialization_ids=(row.id,),
-            )
+    recorded = materializations.insert_all(reported, run_id, inputs, now_us)
+    partition_state.record_materializations(recorded, positions_of, now_us)
+    outbox.add(
+        MaterializedEvents(
+            definition.slug,
+            run_id,
+            run.backfill_id if run else None,
+            run.state if run else "",
+            run.attempt if run else 0,
+            recorded,
         )
+    )
     lineage.on_materialized(catalog or Catalog(), definition, recorded, run, positions_of, now_us)
     return recorded
 
 
 def resolve_result_positions(
     definition: WorkflowDefinition,
-    reported: list[Reported],
+    reported: list[NewMaterialization],
     fields: Sequence[str],
     now: datetime,
 ) -> dict[tuple[str, str], SlicePosition]:
@@ -225,7 +190,7 @@ def complete_tx(
             for key, where in slices:
                 if key in failed or (asset_id, key) in done:
                     continue
-                reported.append(Reported(asset_id, key))
+                reported.append(NewMaterialization(asset_id, key))
                 positions[(asset_id, key)] = where
     # Materializations first, the run's end last: a watcher that stops at it has seen them.
     recorded = record_materializations(

@@ -22,6 +22,7 @@ from typing import Any
 import peewee as pw
 
 from storage import sql
+from storage.materializations import RecordedMaterialization
 from storage.models import RunEvent
 
 EVENT_ORDER_LOCK = 0x7061727469746132
@@ -49,18 +50,31 @@ class NewEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MaterializedEvents:
+    """The MATERIALIZED events of slices recorded together (one run's, or one report's), one per
+    row in order: added as one entry, since a ranged run records thousands."""
+
+    workflow_slug: str
+    run_id: int | None
+    backfill_id: int | None
+    state: str
+    attempt: int
+    rows: Sequence[RecordedMaterialization]
+
+
 @dataclass
 class Outbox:
     """Events gathered during one write transaction, appended at its end."""
 
-    events: list[NewEvent] = field(default_factory=list)
+    events: list[NewEvent | MaterializedEvents] = field(default_factory=list)
     sequences: list[int] = field(default_factory=list)
     # Work that must come last in the transaction, right before its events are appended (and
     # may add events): writes to rows many transactions share, such as a backfill's counters,
     # so that every transaction locks them at the same point (no lock-order deadlocks).
     before_flush: list[Callable[[], None]] = field(default_factory=list)
 
-    def add(self, event: NewEvent) -> None:
+    def add(self, event: NewEvent | MaterializedEvents) -> None:
         self.events.append(event)
 
     def flush(self, db: pw.Database, now_micros: int) -> None:
@@ -71,28 +85,51 @@ class Outbox:
             self.events = []
 
 
-def append_events(db: pw.Database, events: Sequence[NewEvent], now_micros: int) -> list[int]:
+def append_events(
+    db: pw.Database, events: Sequence[NewEvent | MaterializedEvents], now_micros: int
+) -> list[int]:
     """Inserts events in order and returns their sequences. Call last in a transaction."""
     if isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (EVENT_ORDER_LOCK,))
-    rows = [
-        (
-            now_micros,
-            event.run_id,
-            event.workflow_slug,
-            event.partition_key,
-            event.backfill_id,
-            event.asset_id,
-            event.type,
-            event.state,
-            event.attempt,
-            event.progress,
-            event.message,
-            "[" + ",".join(map(str, event.materialization_ids)) + "]",
-            _COMPACT.encode(event.data) if event.data else "{}",
+    rows: list[tuple[Any, ...]] = []
+    for event in events:
+        if isinstance(event, MaterializedEvents):
+            rows += [
+                (
+                    now_micros,
+                    event.run_id,
+                    event.workflow_slug,
+                    row.partition_key,
+                    event.backfill_id,
+                    row.asset_id,
+                    "MATERIALIZED",
+                    event.state,
+                    event.attempt,
+                    0.0,
+                    "",
+                    f"[{row.id}]",
+                    "{}",
+                )
+                for row in event.rows
+            ]
+            continue
+        rows.append(
+            (
+                now_micros,
+                event.run_id,
+                event.workflow_slug,
+                event.partition_key,
+                event.backfill_id,
+                event.asset_id,
+                event.type,
+                event.state,
+                event.attempt,
+                event.progress,
+                event.message,
+                "[" + ",".join(map(str, event.materialization_ids)) + "]",
+                _COMPACT.encode(event.data) if event.data else "{}",
+            )
         )
-        for event in events
-    ]
     sequences: list[int] = []
     for values, params in sql.values_chunks("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows):
         # One statement a chunk: its rows take their sequences in VALUES order, which is the

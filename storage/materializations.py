@@ -10,12 +10,12 @@ from storage.models import Materialization, PartitionState
 
 
 class NewMaterialization(NamedTuple):
+    """A slice to record: its asset and key, its artifacts and payload as stored (JSON)."""
+
     asset_id: str
     partition_key: str
-    run_id: int | None
-    artifacts: str
-    payload: str
-    inputs: str = "[]"
+    artifacts: str = "[]"
+    payload: str = "{}"
 
 
 class RecordedMaterialization(NamedTuple):
@@ -25,26 +25,33 @@ class RecordedMaterialization(NamedTuple):
     id: int
     asset_id: str
     partition_key: str
-    run_id: int | None
     artifacts: str
     payload: str
+    run_id: int | None
     inputs: str
     create_time: int
 
 
-def insert_all(news: Sequence[NewMaterialization], now: int) -> list[RecordedMaterialization]:
-    """Inserts the materializations in multi-row statements; the rows come back in the order given."""
+def insert_all(
+    news: Sequence[NewMaterialization], run_id: int | None, inputs: str, now: int
+) -> list[RecordedMaterialization]:
+    """Inserts the materializations (all of `run_id`, with `inputs`) in multi-row statements;
+    the rows come back in the order given."""
     recorded: list[RecordedMaterialization] = []
-    for values, params in sql.values_chunks("(%s, %s, %s, %s, %s, %s, %s)", [(*new, now) for new in news]):
+    shared = (run_id, inputs, now)
+    for values, params in sql.values_chunks(
+        "(%s, %s, %s, %s, %s, %s, %s)", [(*new, *shared) for new in news]
+    ):
         ids = sql.inserted_ids(
-            "INSERT INTO materialization (asset_id, partition_key, run_id, artifacts, payload, inputs, "
+            "INSERT INTO materialization (asset_id, partition_key, artifacts, payload, run_id, inputs, "
             f"create_time) VALUES {values}",
             params,
             len(params) // 7,
             "id",
         )
         given = news[len(recorded) : len(recorded) + len(ids)]
-        recorded.extend(RecordedMaterialization(id_, *new, now) for id_, new in zip(ids, given, strict=True))
+        make = RecordedMaterialization._make
+        recorded.extend(make((id_, *new, *shared)) for id_, new in zip(ids, given, strict=True))
     return recorded
 
 

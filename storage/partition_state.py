@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from storage import sql
+from storage.materializations import RecordedMaterialization
 from storage.models import PartitionState
 
 
@@ -84,24 +85,15 @@ def settle(
 KEY_CHUNK = 1000
 
 
-def record_materializations(recorded: Sequence[RecordedSlice], now: int) -> None:
-    """Materializations of the slices were recorded; where a slice's in-flight run was the one
-    that recorded it, that run ended."""
-    if not recorded:
-        return
-    rows = [
-        (
-            item.asset_id,
-            item.partition_key,
-            item.where.position,
-            item.where.ordinal,
-            item.run_id,
-            item.materialization_id,
-            now,
-            now,
-        )
-        for item in _newest_per_slice(recorded)
-    ]
+def record_materializations(
+    recorded: Sequence[RecordedMaterialization], positions: Mapping[tuple[str, str], SlicePosition], now: int
+) -> None:
+    """Materializations of the slices (at `positions`) were recorded; where a slice's in-flight
+    run was the one that recorded it, that run ended."""
+    # One row per slice, its newest (ids rise in `recorded` order): one upsert statement may not
+    # touch a row twice on PostgreSQL, and the upsert keeps only the newest anyway.
+    newest = {(row.asset_id, row.partition_key): row for row in recorded}
+    rows = [(*slice_, *positions[slice_], row.run_id, row.id, now, now) for slice_, row in newest.items()]
     # The recording run is excluded.latest_run_id (-1 when none, which no in-flight run equals).
     for values, params in sql.values_chunks("(%s, %s, %s, %s, 'MATERIALIZED', %s, %s, %s, %s)", rows):
         sql.execute(
@@ -120,25 +112,6 @@ def record_materializations(recorded: Sequence[RecordedSlice], now: int) -> None
             "OR partition_state.latest_materialization_id < excluded.latest_materialization_id",
             params,
         )
-
-
-class RecordedSlice(NamedTuple):
-    asset_id: str
-    partition_key: str
-    where: SlicePosition
-    materialization_id: int
-    run_id: int | None
-
-
-def _newest_per_slice(recorded: Sequence[RecordedSlice]) -> list[RecordedSlice]:
-    """One entry per slice, its newest materialization: one upsert statement may not touch a
-    row twice on PostgreSQL, and the upsert keeps only the newest anyway."""
-    newest: dict[tuple[str, str], RecordedSlice] = {}
-    for item in recorded:
-        seen = newest.setdefault((item.asset_id, item.partition_key), item)
-        if seen.materialization_id < item.materialization_id:
-            newest[(item.asset_id, item.partition_key)] = item
-    return list(newest.values())
 
 
 def rebuild_state() -> None:
