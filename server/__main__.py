@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -146,9 +147,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     )
 
 
+# The collector's first generation runs every this many container allocations (CPython's
+# default is 700). A ranged run's transaction allocates tuples by the thousand, all short-lived
+# and acyclic: at 700 the collector ran about every 0.3 ms and took 8 % of a ranged backfill's
+# time (measured with gc.callbacks); at this threshold it takes under 1 %.
+GC_FIRST_GENERATION = 50_000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     configure_logging(settings.log_level)
+    # What startup built lives as long as the process: kept out of every later collection.
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_GENERATION, *gc.get_threshold()[1:])
     try:
         asyncio.run(serve(settings))
     except StartupError as error:
