@@ -387,7 +387,7 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
     # holding its run may wait for that state), and the backfill row last.
     marks: list[_Started] = []
     pending = store.pending_keys(backfill_id, room)
-    for group, coverage in _groups(definition, pending, row.keys_per_run, now):
+    for group, coverage in _groups(definition, pending, row, now):
         if len(changes) >= limit:
             break
         started = _start_keys(
@@ -425,13 +425,16 @@ def dispatch_tx(outbox: Outbox, catalog: Catalog, backfill_id: int, limit: int, 
 
 
 def _groups(
-    definition: WorkflowDefinition | None, pending: Sequence[KeyRow], keys_per_run: int, now: datetime
+    definition: WorkflowDefinition | None, pending: Sequence[KeyRow], row: BackfillRow, now: datetime
 ) -> list[tuple[list[KeyRow], key_positions.Coverage | None]]:
-    """Pending keys (in key order) as runs: up to `keys_per_run` keys that are contiguous in the
-    definition (any dynamic keys), with their coverage; a key alone has none (resolved when it
-    starts). Keys whose range no longer resolves run alone, so each fails on its own."""
+    """Pending keys (in key order) as runs: up to `row.keys_per_run` keys that are contiguous in
+    the definition (any dynamic keys), with their coverage; a key alone has none (resolved when
+    it starts). Keys whose range no longer resolves run alone, so each fails on its own."""
+    keys_per_run = row.keys_per_run
     if keys_per_run <= 1 or definition is None or not definition.ranged:
         return [([key], None) for key in pending]
+    # A plan made under this very definition holds its keys, distinct and in its order.
+    planned_here = definition.update_time <= row.create_time
     groups: list[tuple[list[KeyRow], key_positions.Coverage | None]] = []
     rest = list(pending)
     while rest:
@@ -449,7 +452,12 @@ def _groups(
                     raise InvalidArgument("the registry order changed")
             else:
                 coverage = key_positions.resolve_range(
-                    definition, chunk[0].partition_key, chunk[-1].partition_key, now, field="partition_range"
+                    definition,
+                    chunk[0].partition_key,
+                    chunk[-1].partition_key,
+                    now,
+                    field="partition_range",
+                    known_keys=[key.partition_key for key in chunk] if planned_here else None,
                 )
                 # The plan skips keys the selection left out: the run stops before the first gap.
                 same = len(chunk)

@@ -7,7 +7,7 @@ allows it, registered on first use) in the same transaction as the run that uses
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -122,10 +122,20 @@ _RESOLVED_RANGES: dict[tuple[str, int, str, str], Coverage] = {}
 
 
 def resolve_range(
-    definition: WorkflowDefinition, start_key: str, end_key: str, now: datetime, *, field: str
+    definition: WorkflowDefinition,
+    start_key: str,
+    end_key: str,
+    now: datetime,
+    *,
+    field: str,
+    known_keys: Sequence[str] | None = None,
 ) -> Coverage:
     """The contiguous time-window or static keys start_key..end_key (`field` names the
-    PartitionRange); INVALID_ARGUMENT naming each bad bound."""
+    PartitionRange); INVALID_ARGUMENT naming each bad bound.
+
+    `known_keys`: keys the caller holds from this definition version, distinct and in its order,
+    from start_key to end_key (a backfill's plan). When they are as many as the range holds,
+    they are its keys, and only their positions are computed (no key is formatted)."""
     spec = definition.spec
     start_field, end_field = f"{field}.start_key", f"{field}.end_key"
     if spec is None or isinstance(spec, DynamicSpec):
@@ -144,13 +154,16 @@ def resolve_range(
     if (resolved := _RESOLVED_RANGES.get(cache_key)) is not None:
         return resolved
     span = spec.index_range(start_key, end_key, now, start_field=start_field, end_field=end_field)
+    given = tuple(known_keys) if known_keys is not None and len(known_keys) == len(span) else None
+    starts: Iterable[int] = span  # static keys sit at their index
     if isinstance(spec, StaticSpec):
-        keys = tuple(spec.keys_page(span.start, len(span), now))
-        here = [SlicePosition(index, index) for index in span]
+        keys = given or tuple(spec.keys_page(span.start, len(span), now))
+    elif given is not None:
+        keys, starts = given, spec.starts(span.start, len(span), now)
     else:
-        starts = spec.starts_page(span.start, len(span), now)
-        keys = tuple(key for key, _ in starts)
-        here = [SlicePosition(start, index) for (_, start), index in zip(starts, span, strict=True)]
+        paged = spec.starts_page(span.start, len(span), now)
+        keys, starts = tuple(key for key, _ in paged), (start for _, start in paged)
+    here = list(map(SlicePosition._make, zip(starts, span, strict=True)))
     resolved = Coverage(
         keys,
         dict.fromkeys(definition.partitioned_asset_ids, here),

@@ -278,3 +278,42 @@ def test_backfill_splits_into_ranged_runs_and_retry_regroups_failed_keys(
     assert not any(
         status != P.PARTITION_STATUS_MATERIALIZED for status, _ in statuses(asset_stub, "big/out").values()
     )
+
+
+def test_backfill_groups_by_the_definition_when_it_changed_after_planning(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    worker_stub: worker_pb2_grpc.WorkerServiceStub,
+    backfill_stub: backfill_pb2_grpc.BackfillServiceStub,
+) -> None:
+    def keyed(keys: list[str]) -> partitions_pb2.PartitionsDefinition:
+        return partitions_pb2.PartitionsDefinition(static=partitions_pb2.StaticPartitions(keys=keys))
+
+    keys = [f"k{i:03d}" for i in range(10)]
+    register(workflow_stub, "moved", keyed(keys), backfill_policy=ranged_policy(5))
+    backfill = create(backfill_stub, "moved", ALL, max_concurrent_runs=1)
+    first = claim(worker_stub, "moved", wait=2)
+    assert (first.run.partition_range.start_key, first.run.partition_range.end_key) == ("k000", "k004")
+    # k007 and k008 trade places: the plan's k005..k009 are no longer one range of the definition,
+    # though the range k005..k009 still holds five keys.
+    register(
+        workflow_stub, "moved", keyed([*keys[:7], "k008", "k007", "k009"]), backfill_policy=ranged_policy(5)
+    )
+    worker_stub.CompleteRun(
+        worker_pb2.CompleteRunRequest(run_id=first.run.id, lease_id=first.lease_id, all_keys_succeeded=True)
+    )
+    runs: list[tuple[str, str]] = []
+    while (lease := claim(worker_stub, "moved", wait=2)).HasField("run"):
+        bounds = lease.run.partition_range
+        runs.append(
+            (bounds.start_key, bounds.end_key) if bounds.start_key else (lease.run.partition_key,) * 2
+        )
+        worker_stub.CompleteRun(
+            worker_pb2.CompleteRunRequest(
+                run_id=lease.run.id, lease_id=lease.lease_id, all_keys_succeeded=True
+            )
+        )
+    assert runs == [("k005", "k006"), ("k007", "k007"), ("k008", "k008"), ("k009", "k009")]
+    assert (
+        wait_for_state(backfill_stub, backfill.id, backfill_pb2.BACKFILL_STATE_COMPLETED).counts.succeeded
+        == 10
+    )

@@ -1,11 +1,17 @@
-"""Partition key syntax (contract: "Keys and names")."""
+"""Partition key syntax (contract: "Keys and names") and time-window key formatting."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.domain.errors import InvalidArgument
 from server.domain.partitions import MAX_KEY_LENGTH, check_key_syntax, key_syntax_problem
+from server.domain.partitions.keyfmt import KeyFormat
 
 
 @pytest.mark.parametrize(
@@ -56,3 +62,16 @@ def test_error_messages_do_not_echo_raw_control_characters() -> None:
     with pytest.raises(InvalidArgument) as exc:
         check_key_syntax("bad\x1b[31mkey")
     assert "\x1b" not in exc.value.message
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    instant=st.integers(min_value=-62_000_000_000, max_value=250_000_000_000),
+    fmt=st.sampled_from(["%Y-%m-%d", "%Y-%m-%d-%H:%M", "%Y%m%d%H%M%S", "%Y", "w%H%%"]),
+    zone=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]),
+)
+def test_key_formatting_writes_what_strftime_writes(instant: int, fmt: str, zone: str) -> None:
+    """Keys are formatted without strftime for plain numeric formats; the text must not change,
+    down to the unpadded years below 1000 that strftime writes."""
+    tz = ZoneInfo(zone)
+    assert KeyFormat(fmt, tz).format(instant) == datetime.fromtimestamp(instant, tz).strftime(fmt)

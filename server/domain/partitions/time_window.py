@@ -392,6 +392,10 @@ class TimeWindowSpec:
         for t, second in islice(self._iter_ticks(0), total):
             yield fmt(t, second)
 
+    def starts(self, offset: int, limit: int, now: datetime) -> list[int]:
+        """Window starts (epoch seconds) of keys offset .. offset+limit-1, like `keys_page`."""
+        return [t for t, _ in self._page_ticks(offset, limit, now)]
+
     def starts_page(self, offset: int, limit: int, now: datetime) -> list[tuple[str, int]]:
         """(key, window start in epoch seconds) like `keys_page`: what a key's position needs,
         without building its window."""
