@@ -21,7 +21,7 @@ from server.catalog import Catalog, WorkflowDefinition
 from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.domain.retry import RetryPolicy
 from storage import partition_state, runs, sql, workflows
-from storage.events import NewEvent, Outbox
+from storage.events import EncodedJson, NewEvent, Outbox
 from storage.materializations import RecordedMaterialization
 from storage.models import Run, micros
 
@@ -54,7 +54,7 @@ def log_transition(run: Run, state: str, message: str = "") -> None:
 def key_data(run: Run) -> dict[str, object]:
     """What a ranged run's events carry besides partition_key '': every key the run covers, so a
     watcher filtering by key sees the run under each of them (storage/events.py)."""
-    return {"partition_keys": json.loads(run.range_keys)} if run.range_keys else {}
+    return {"partition_keys": EncodedJson(run.range_keys)} if run.range_keys else {}
 
 
 def run_event(run: Run, event_type: str, state: str, message: str = "", **extra: object) -> NewEvent:

@@ -34,6 +34,28 @@ EVENTS_CHANNEL = "partita_events"
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
+class EncodedJson(str):
+    """JSON text an event's `data` holds as is: a ranged run's stored key list, which each of its
+    events carries and which would otherwise be decoded and encoded again for every event."""
+
+
+def _data_json(data: dict[str, Any]) -> str:
+    if not data:
+        return "{}"
+    if not any(isinstance(value, EncodedJson) for value in data.values()):
+        return _COMPACT.encode(data)
+    return (
+        "{"
+        + ",".join(
+            _COMPACT.encode(name)
+            + ":"
+            + (value if isinstance(value, EncodedJson) else _COMPACT.encode(value))
+            for name, value in data.items()
+        )
+        + "}"
+    )
+
+
 @dataclass(slots=True)
 class NewEvent:
     type: str
@@ -127,7 +149,7 @@ def append_events(
                 event.progress,
                 event.message,
                 "[" + ",".join(map(str, event.materialization_ids)) + "]",
-                _COMPACT.encode(event.data) if event.data else "{}",
+                _data_json(event.data),
             )
         )
     sequences: list[int] = []

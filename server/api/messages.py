@@ -64,14 +64,21 @@ def materialization_message(row: MaterializationRow) -> asset_pb2.Materializatio
 def add_materializations(
     target: RepeatedCompositeFieldContainer[asset_pb2.Materialization], rows: Sequence[MaterializationRow]
 ) -> None:
-    """Appends the rows' messages to a repeated field in place with `add()` (a built message
-    put into a response is copied, and a ranged run's CompleteRun answers with thousands); rows
-    recorded together share one timestamp message."""
-    stamps: dict[int, Timestamp | None] = {}
+    """Appends the rows' messages to a repeated field. Rows recorded together share everything
+    but their id and key: each message is a copy of one built for what they share, with those
+    two set (a ranged run's CompleteRun answers with thousands; building each was 3x slower)."""
+    shared_by: dict[tuple[str, int | None, int, str, str, str], asset_pb2.Materialization] = {}
     for row in rows:
-        if row.create_time not in stamps:
-            stamps[row.create_time] = convert.timestamp(row.create_time)
-        _fill(target.add(**_identity(row)), row, stamps[row.create_time])
+        shared = (row.asset_id, row.run_id, row.create_time, row.artifacts, row.payload, row.inputs)
+        template = shared_by.get(shared)
+        if template is None:
+            template = shared_by[shared] = materialization_message(row)
+            template.ClearField("id")
+            template.ClearField("partition_key")
+        message = target.add()
+        message.CopyFrom(template)
+        message.id = str(row.id)
+        message.partition_key = row.partition_key
 
 
 class _Identity(TypedDict):
