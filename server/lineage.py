@@ -548,17 +548,25 @@ def on_materialized(
     lineage row of each recorded key whose workflow consumes something."""
     if not rows:
         return
-    newest: dict[str, tuple[int, int]] = {}
+    # One recording's rows, ids rising in order: each asset's last row is its newest.
+    newest = {row.asset_id: row for row in rows}
+    store.bump_watermarks({asset_id: (row.id, row.create_time) for asset_id, row in newest.items()})
+    marking = {
+        asset_id: [
+            dependency
+            for dependency in consumers(catalog, asset_id)
+            if dependency.usable and not dependency.fan_out
+        ]
+        for asset_id in newest
+    }
+    if not any(marking.values()) and not definition.message.consumes:
+        return  # nothing downstream to mark, no lineage to keep: no per-row work
     by_asset: dict[str, list[RecordedMaterialization]] = {}
     for row in rows:
-        newest[row.asset_id] = max(newest.get(row.asset_id, (0, 0)), (int(row.id), int(row.create_time)))
         by_asset.setdefault(row.asset_id, []).append(row)
-    store.bump_watermarks(newest)
-    for asset_id, asset_rows in by_asset.items():
-        for dependency in consumers(catalog, asset_id):
-            if dependency.fan_out or not dependency.usable:
-                continue
-            _mark_downstream(dependency, asset_rows, positions, now_us)
+    for asset_id, dependencies in marking.items():
+        for dependency in dependencies:
+            _mark_downstream(dependency, by_asset[asset_id], positions, now_us)
     if not definition.message.consumes:
         return
     recorded = store.run_lineage(run.id) if run is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Any, TypeVar
 
 import peewee as pw
@@ -45,7 +46,7 @@ def values_chunks(
     than the rows themselves."""
     for start in range(0, len(param_rows), chunk):
         part = param_rows[start : start + chunk]
-        yield ", ".join([row_template] * len(part)), [value for params in part for value in params]
+        yield ", ".join([row_template] * len(part)), list(chain.from_iterable(part))
 
 
 def inserted_ids(statement: str, params: Sequence[Any], count: int, id_column: str) -> list[int]:
