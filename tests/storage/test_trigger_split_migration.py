@@ -38,11 +38,11 @@ def test_the_previous_version_upgrades_to_split_triggers(db: peewee.Database) ->
             if choice == 0:
                 sql(db, "DELETE FROM partition_state WHERE asset_id = 'a/out' AND partition_key = %s", key)
             elif choice == 1:
-                ordinal = rng.choice([None, -1, rng.randrange(300)])
+                moved_to: int | None = rng.choice([None, -1, rng.randrange(300)])
                 sql(
                     db,
                     "UPDATE partition_state SET ordinal = %s WHERE asset_id = 'a/out' AND partition_key = %s",
-                    ordinal,
+                    moved_to,
                     key,
                 )
             else:
