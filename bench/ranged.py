@@ -27,10 +27,12 @@ KEYS_PER_RUN = 1000
 START = datetime(1900, 1, 1)
 FMT = "%Y-%m-%d-%H:%M"
 WHY = (
-    "every key costs two upserts of its per-partition state (in flight at dispatch, materialized "
-    "at completion; about 13 us each on SQLite here, 70 % of it in the triggers that keep the "
-    "status counts and MISSING buckets), a materialization row and a MATERIALIZED event, plus the "
-    "dispatch and completion's per-key Python, all on SQLite's one writer thread"
+    "SQLite's one writer thread runs every transaction, and each key is written ten times: its "
+    "plan row, its move to its run, QUEUED -> RUNNING and RUNNING -> SUCCEEDED, its in-flight claim "
+    "and release, its IN_PROGRESS and MATERIALIZED partition state (each with the triggers that keep "
+    "the status counts and MISSING buckets), its materialization and its MATERIALIZED event. In a "
+    "1M-key run timed per statement, the statements took 62 s of 108 s (the two partition-state "
+    "upserts 22 s, the backfill-key moves 17 s); the rest was the per-key Python around them"
 )
 
 
