@@ -5,6 +5,8 @@ keys RetryBackfill regroups."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 
 from partita.v1 import (
@@ -317,3 +319,44 @@ def test_backfill_groups_by_the_definition_when_it_changed_after_planning(
         wait_for_state(backfill_stub, backfill.id, backfill_pb2.BACKFILL_STATE_COMPLETED).counts.succeeded
         == 10
     )
+
+
+def test_a_whole_selection_policy_runs_a_backfill_as_one_run(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    worker_stub: worker_pb2_grpc.WorkerServiceStub,
+    backfill_stub: backfill_pb2_grpc.BackfillServiceStub,
+) -> None:
+    register(workflow_stub, "whole", static(250), backfill_policy=ranged_policy(0))
+    backfill = create(backfill_stub, "whole", ALL)
+    key_lists: list[list[str]] = []
+    drain(worker_stub, "whole", set(), key_lists)
+    assert key_lists == [[f"k{i:03d}" for i in range(250)]]
+    assert (
+        wait_for_state(backfill_stub, backfill.id, backfill_pb2.BACKFILL_STATE_COMPLETED).counts.succeeded
+        == 250
+    )
+
+
+def test_overlapping_ranges_enqueued_at_once_start_one_run(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub, run_stub: run_pb2_grpc.RunServiceStub
+) -> None:
+    """The in-flight claim is atomic: of eight overlapping ranges sent together, one is queued and
+    the others are refused (RUN_IN_FLIGHT), never two at once."""
+    register(workflow_stub, "race", DAILY, backfill_policy=ranged_policy(0))
+    starts = [f"2024-01-{day:02d}" for day in range(1, 9)]
+
+    def enqueue_range(start: str) -> str:
+        try:
+            request = run_pb2.EnqueueRunRequest(
+                workflow_slug="race", partition_range=span(start, "2024-01-20")
+            )
+            return run_stub.EnqueueRun(request, timeout=30).run.id
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
+            return ""
+
+    with ThreadPoolExecutor(max_workers=len(starts)) as pool:
+        queued = [run_id for run_id in pool.map(enqueue_range, starts) if run_id]
+    assert len(queued) == 1
+    listed = run_stub.ListRuns(run_pb2.ListRunsRequest(workflow_slug="race")).runs
+    assert [run.id for run in listed] == queued
