@@ -439,42 +439,36 @@ def _groups(
     rest = list(pending)
     while rest:
         chunk = rest[:keys_per_run]
+        names = [key.partition_key for key in chunk]
+        coverage: key_positions.Coverage | None
         try:
             if isinstance(definition.spec, DynamicSpec):
                 coverage = key_positions.resolve_key_list(
-                    definition,
-                    [key.partition_key for key in chunk],
-                    now,
-                    field="partition_keys",
-                    register=False,
+                    definition, names, now, field="partition_keys", register=False
                 )
-                if coverage.keys != tuple(key.partition_key for key in chunk):
+                if list(coverage.keys) != names:
                     raise InvalidArgument("the registry order changed")
             else:
                 coverage = key_positions.resolve_range(
                     definition,
-                    chunk[0].partition_key,
-                    chunk[-1].partition_key,
+                    names[0],
+                    names[-1],
                     now,
                     field="partition_range",
-                    known_keys=[key.partition_key for key in chunk] if planned_here else None,
+                    known_keys=names if planned_here else None,
                 )
-                # The plan skips keys the selection left out: the run stops before the first gap.
-                same = len(chunk)
-                if list(coverage.keys) != [key.partition_key for key in chunk]:
-                    same = 0
-                    while same < len(chunk) and coverage.keys[same] == chunk[same].partition_key:
-                        same += 1
-                if same < len(chunk):
-                    chunk = chunk[:same]
-                    coverage = key_positions.resolve_range(
-                        definition,
-                        chunk[0].partition_key,
-                        chunk[-1].partition_key,
-                        now,
-                        field="partition_range",
+                if list(coverage.keys) != names:
+                    # The plan skips keys the selection left out: the run stops before the first gap.
+                    same = next(
+                        (
+                            index
+                            for index, (found, planned) in enumerate(zip(coverage.keys, names, strict=False))
+                            if found != planned
+                        ),
+                        min(len(coverage.keys), len(names)),
                     )
-        except (InvalidArgument, IndexError):
+                    chunk, coverage = chunk[: max(same, 1)], coverage.head(same) if same > 1 else None
+        except InvalidArgument:
             chunk, coverage = rest[:1], None
         rest = rest[len(chunk) :]
         groups.append((chunk, coverage if coverage is not None and len(chunk) > 1 else None))

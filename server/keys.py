@@ -101,6 +101,16 @@ class Coverage:
     def at(self, index: int) -> dict[str, SlicePosition]:
         return {asset_id: found[index] for asset_id, found in self.positions.items()}
 
+    def head(self, count: int) -> Coverage:
+        """The first `count` keys of a range, itself a range (from `start_key`)."""
+        return Coverage(
+            self.keys[:count],
+            {asset_id: found[:count] for asset_id, found in self.positions.items()},
+            start_key=self.keys[0],
+            end_key=self.keys[count - 1],
+            ranged=True,
+        )
+
 
 def single(
     definition: WorkflowDefinition,

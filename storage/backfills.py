@@ -38,9 +38,6 @@ BACKFILL_STATES = (RUNNING, COMPLETED, COMPLETED_WITH_FAILURES, CANCELING, CANCE
 TERMINAL = (COMPLETED, COMPLETED_WITH_FAILURES, CANCELED)
 OPEN = (RUNNING, CANCELING)
 
-# IN (...) lists are chunked below this many parameters (SQLite's default limit is 32,766).
-CHUNK = 500
-
 
 @dataclass(frozen=True)
 class Counts:
@@ -165,10 +162,6 @@ def _database() -> pw.Database:
     db = database_proxy.obj
     assert db is not None, "models are not bound to a database"
     return db
-
-
-def _in(values: Sequence[Any]) -> str:
-    return ", ".join(["%s"] * len(values))
 
 
 # --- creating -----------------------------------------------------------------------------------
@@ -300,7 +293,7 @@ def list_backfills(
         conditions.append("workflow_slug = %s")
         params.append(workflow_slug)
     if states:
-        conditions.append(f"state IN ({_in(states)})")
+        conditions.append(f"state IN ({sql.placeholders(states)})")
         params.extend(states)
     if before_id is not None:
         conditions.append("id < %s")
@@ -315,7 +308,7 @@ def list_backfills(
 
 def list_keys(backfill_id: int, states: Sequence[str], after_ordinal: int, limit: int) -> list[KeyRow]:
     """Keys after `after_ordinal` in key order, only `states` (empty: all)."""
-    state_filter = f"AND state IN ({_in(states)}) " if states else ""
+    state_filter = f"AND state IN ({sql.placeholders(states)}) " if states else ""
     found = sql.rows(
         f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE backfill_id = %s {state_filter}"
         f"AND ordinal > %s ORDER BY ordinal LIMIT {int(limit)}",
@@ -326,10 +319,9 @@ def list_keys(backfill_id: int, states: Sequence[str], after_ordinal: int, limit
 
 def keys_by_name(backfill_id: int, partition_keys: Sequence[str]) -> dict[str, KeyRow]:
     found: dict[str, KeyRow] = {}
-    for start in range(0, len(partition_keys), CHUNK):
-        chunk = partition_keys[start : start + CHUNK]
+    for chunk in sql.chunks(partition_keys):
         for row in sql.rows(
-            f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE backfill_id = %s AND partition_key IN ({_in(chunk)})",
+            f"SELECT {_KEY_COLUMNS} FROM backfill_partition WHERE backfill_id = %s AND partition_key IN ({sql.placeholders(chunk)})",
             (backfill_id, *chunk),
         ):
             key = _key(row)
@@ -491,11 +483,10 @@ def live_dynamic_keys(
 def dynamic_registry(asset_id: str, partition_keys: Sequence[str]) -> dict[str, tuple[int, bool]]:
     """key -> (registry sequence, live) for the keys the asset's registry has."""
     found: dict[str, tuple[int, bool]] = {}
-    for start in range(0, len(partition_keys), CHUNK):
-        chunk = partition_keys[start : start + CHUNK]
+    for chunk in sql.chunks(partition_keys):
         for position, key, deleted in sql.rows(
             "SELECT id, partition_key, delete_time FROM dynamic_partition WHERE asset_id = %s "
-            f"AND partition_key IN ({_in(chunk)})",
+            f"AND partition_key IN ({sql.placeholders(chunk)})",
             (asset_id, *chunk),
         ):
             found[key] = (int(position), deleted is None)
@@ -509,7 +500,7 @@ def _ordinals(ordinals: Sequence[int]) -> tuple[str, list[int]]:
     """A condition on `ordinal` for the keys of one run: a range when they are consecutive."""
     if len(ordinals) > 1 and ordinals[-1] - ordinals[0] == len(ordinals) - 1:
         return "ordinal BETWEEN %s AND %s", [ordinals[0], ordinals[-1]]
-    return f"ordinal IN ({_in(ordinals)})", list(ordinals)
+    return f"ordinal IN ({sql.placeholders(ordinals)})", list(ordinals)
 
 
 def attach_run(
@@ -561,10 +552,10 @@ def move_span(
     if only_keys is None:
         return int(sql.execute(update + where, (*params, *span_params)).rowcount)
     moved = 0
-    for start in range(0, len(only_keys), CHUNK):
-        chunk = only_keys[start : start + CHUNK]
+    for chunk in sql.chunks(only_keys):
         cursor = sql.execute(
-            update + where + f" AND partition_key IN ({_in(chunk)})", (*params, *span_params, *chunk)
+            update + where + f" AND partition_key IN ({sql.placeholders(chunk)})",
+            (*params, *span_params, *chunk),
         )
         moved += int(cursor.rowcount)
     return moved
@@ -592,11 +583,10 @@ def reopen(backfill_id: int, partition_keys: Sequence[str] | None, now: int) -> 
             moved[state] = int(cursor.rowcount)
             continue
         moved[state] = 0
-        for start in range(0, len(partition_keys), CHUNK):
-            chunk = partition_keys[start : start + CHUNK]
+        for chunk in sql.chunks(partition_keys):
             cursor = sql.execute(
                 "UPDATE backfill_partition SET state = 'PENDING', next_trigger = 'RETRY', update_time = %s "
-                f"WHERE backfill_id = %s AND state = %s AND partition_key IN ({_in(chunk)})",
+                f"WHERE backfill_id = %s AND state = %s AND partition_key IN ({sql.placeholders(chunk)})",
                 (now, backfill_id, state, *chunk),
             )
             moved[state] += int(cursor.rowcount)
@@ -642,7 +632,7 @@ def apply_counts(
     params: list[Any] = [int(value) for value in deltas.values()]
     if transition is not None:
         sources, target = transition
-        matches = f"state IN ({_in(sources)})"
+        matches = f"state IN ({sql.placeholders(sources)})"
         sets.append(f"state = CASE WHEN {matches} THEN %s ELSE state END")
         params.extend((*sources, target))
         if reopen:

@@ -152,17 +152,14 @@ def append_events(
                 _data_json(event.data),
             )
         )
-    sequences: list[int] = []
-    for values, params in sql.values_chunks("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows):
-        # One statement a chunk: its rows take their sequences in VALUES order, which is the
-        # order the events were added in.
-        sequences += sql.inserted_ids(
-            "INSERT INTO run_event (time, run_id, workflow_slug, partition_key, backfill_id, asset_id, "
-            f"type, state, attempt, progress, message, materialization_ids, data) VALUES {values}",
-            params,
-            len(params) // 13,
-            "sequence",
-        )
+    # Rows take their sequences in VALUES order, which is the order the events were added in.
+    sequences = sql.insert_all_ids(
+        "INSERT INTO run_event (time, run_id, workflow_slug, partition_key, backfill_id, asset_id, type, state, "
+        "attempt, progress, message, materialization_ids, data) VALUES",
+        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        rows,
+        "sequence",
+    )
     if sequences and isinstance(db, pw.PostgresqlDatabase):
         db.execute_sql(  # type: ignore[no-untyped-call]
             "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(max(sequences)))

@@ -12,12 +12,10 @@ write here (no trigger), so counting stale keys is one row read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from storage import sql
-
-CHUNK = 500
 
 
 class LineageRow(NamedTuple):
@@ -49,15 +47,6 @@ class RunLineage(NamedTuple):
 _LINEAGE_COLUMNS = "partition_key, position, ordinal, stale, marked_by, materialization_id, fanout_horizon"
 
 
-def _in(values: Sequence[Any]) -> str:
-    return ", ".join(["%s"] * len(values))
-
-
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _lineage_row(row: Sequence[Any]) -> LineageRow:
     key, position, ordinal, stale, marked_by, materialization_id, horizon = row
     return LineageRow(
@@ -83,10 +72,10 @@ def _add_to_count(asset_id: str, delta: int) -> None:
 # ------------------------------------------------------------------- per-partition rows
 def lineage_rows(asset_id: str, partition_keys: Sequence[str]) -> dict[str, LineageRow]:
     found: dict[str, LineageRow] = {}
-    for chunk in _chunks(list(partition_keys)):
+    for chunk in sql.chunks(list(partition_keys)):
         for row in sql.rows(
             f"SELECT {_LINEAGE_COLUMNS} FROM partition_lineage WHERE asset_id = %s "
-            f"AND partition_key IN ({_in(chunk)})",
+            f"AND partition_key IN ({sql.placeholders(chunk)})",
             (asset_id, *chunk),
         ):
             found[row[0]] = _lineage_row(row)
@@ -100,7 +89,7 @@ def mark_stale(
     what they read (with `only_if_older`: only keys whose own materialization is older than it —
     for rebuilds); returns how many keys became stale."""
     added = 0
-    for chunk in _chunks(list(targets)):
+    for chunk in sql.chunks(list(targets)):
         values = ", ".join(["(%s, %s, %s, %s, 1, %s, %s)"] * len(chunk))
         params: list[Any] = []
         for key, position, ordinal in chunk:
@@ -115,13 +104,13 @@ def mark_stale(
         older_params = [marked_by] if only_if_older else []
         added += sql.execute(
             "UPDATE partition_lineage SET stale = 1, marked_by = CASE WHEN marked_by > %s THEN marked_by "
-            f"ELSE %s END, update_time = %s WHERE asset_id = %s AND partition_key IN ({_in(keys)}) "
+            f"ELSE %s END, update_time = %s WHERE asset_id = %s AND partition_key IN ({sql.placeholders(keys)}) "
             f"AND stale = 0{older}",
             (marked_by, marked_by, now, asset_id, *keys, *older_params),
         ).rowcount
         sql.execute(
             "UPDATE partition_lineage SET marked_by = %s, update_time = %s WHERE asset_id = %s "
-            f"AND partition_key IN ({_in(keys)}) AND stale = 1 AND marked_by < %s",
+            f"AND partition_key IN ({sql.placeholders(keys)}) AND stale = 1 AND marked_by < %s",
             (marked_by, now, asset_id, *keys, marked_by),
         )
     _add_to_count(asset_id, added)
@@ -141,7 +130,7 @@ def record_downstream(
     meanwhile; None (a reported slice) means it read everything. Rows are locked (PostgreSQL)
     before they are judged, so a concurrent mark is never lost."""
     lock = " FOR UPDATE" if sql.is_postgres() else ""
-    for chunk in _chunks(list(items)):
+    for chunk in sql.chunks(list(items)):
         keys = [target.partition_key for target, _ in chunk]
 
         def existing(wanted: Sequence[str]) -> dict[str, tuple[int, int, int | None]]:
@@ -149,7 +138,7 @@ def record_downstream(
                 key: (int(stale), int(marked_by), None if materialization is None else int(materialization))
                 for key, stale, marked_by, materialization in sql.rows(
                     "SELECT partition_key, stale, marked_by, materialization_id FROM partition_lineage "
-                    f"WHERE asset_id = %s AND partition_key IN ({_in(wanted)}) ORDER BY partition_key{lock}",
+                    f"WHERE asset_id = %s AND partition_key IN ({sql.placeholders(wanted)}) ORDER BY partition_key{lock}",
                     (asset_id, *wanted),
                 )
             }
@@ -275,10 +264,10 @@ class Latest(NamedTuple):
 def latest_of_keys(asset_id: str, partition_keys: Sequence[str]) -> dict[str, Latest]:
     """Latest materialization (id, time) of each key that has one."""
     found: dict[str, Latest] = {}
-    for chunk in _chunks(list(partition_keys)):
+    for chunk in sql.chunks(list(partition_keys)):
         for key, materialization_id, created in sql.rows(
             "SELECT partition_key, latest_materialization_id, latest_materialization_time FROM partition_state "
-            f"WHERE asset_id = %s AND partition_key IN ({_in(chunk)}) AND latest_materialization_id IS NOT NULL",
+            f"WHERE asset_id = %s AND partition_key IN ({sql.placeholders(chunk)}) AND latest_materialization_id IS NOT NULL",
             (asset_id, *chunk),
         ):
             found[key] = Latest(int(materialization_id), int(created or 0))
@@ -363,10 +352,10 @@ def materialized_since(asset_id: str, cutoff: int, low: int | None, high: int | 
 def dynamic_positions(asset_id: str, partition_keys: Sequence[str]) -> dict[str, int]:
     """Registry positions of the live keys among `partition_keys`."""
     found: dict[str, int] = {}
-    for chunk in _chunks(list(partition_keys)):
+    for chunk in sql.chunks(list(partition_keys)):
         for key, position in sql.rows(
             "SELECT partition_key, id FROM dynamic_partition WHERE asset_id = %s AND delete_time IS NULL "
-            f"AND partition_key IN ({_in(chunk)})",
+            f"AND partition_key IN ({sql.placeholders(chunk)})",
             (asset_id, *chunk),
         ):
             found[key] = int(position)
@@ -399,7 +388,7 @@ def watermarks(asset_ids: Sequence[str]) -> dict[str, int]:
     return {
         asset_id: int(value)
         for asset_id, value in sql.rows(
-            f"SELECT asset_id, materialization_id FROM asset_watermark WHERE asset_id IN ({_in(asset_ids)})",
+            f"SELECT asset_id, materialization_id FROM asset_watermark WHERE asset_id IN ({sql.placeholders(asset_ids)})",
             list(asset_ids),
         )
     }
@@ -423,7 +412,7 @@ def save_run_inputs(
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (run_id, key_horizon, fanout_horizon, input_count, missing, now),
     )
-    for chunk in _chunks(list(inputs)):
+    for chunk in sql.chunks(list(inputs)):
         values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
         params: list[Any] = []
         for ordinal, (asset_id, key, materialization_id) in enumerate(chunk):
@@ -497,7 +486,7 @@ def held_runs(workflow_slug: str | None, partition_keys: Sequence[str] | None, l
     if partition_keys is not None:
         if not partition_keys:
             return []
-        conditions.append(f"partition_key IN ({_in(partition_keys)})")
+        conditions.append(f"partition_key IN ({sql.placeholders(partition_keys)})")
         params.extend(partition_keys)
     return [
         int(row[0])
@@ -515,7 +504,7 @@ def queued_runs_after(workflow_slugs: Sequence[str], after_id: int, limit: int) 
         int(row[0])
         for row in sql.rows(
             f"SELECT id FROM run WHERE id > %s AND state = 'QUEUED' AND hold_reason = '' "
-            f"AND workflow_slug IN ({_in(workflow_slugs)}) ORDER BY id LIMIT {int(limit)}",
+            f"AND workflow_slug IN ({sql.placeholders(workflow_slugs)}) ORDER BY id LIMIT {int(limit)}",
             (after_id, *workflow_slugs),
         )
     ]
@@ -532,7 +521,7 @@ def running_keys(workflow_slug: str, partition_keys: Sequence[str]) -> set[str]:
         row[0]
         for row in sql.rows(
             f"SELECT partition_key FROM run WHERE workflow_slug = %s AND state = 'RUNNING' "
-            f"AND partition_key IN ({_in(partition_keys)})",
+            f"AND partition_key IN ({sql.placeholders(partition_keys)})",
             (workflow_slug, *partition_keys),
         )
     }
@@ -559,7 +548,7 @@ def set_cursor(name: str, position: int) -> None:
 def add_requests(requests: Sequence[tuple[str, str, int, str, str]], now: int) -> None:
     """(workflow, key, materialization id, upstream asset, upstream key): one request per
     (workflow, key); a later materialization replaces the trigger of a waiting one."""
-    for chunk in _chunks(list(requests)):
+    for chunk in sql.chunks(list(requests)):
         values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
         params: list[Any] = []
         for request in chunk:

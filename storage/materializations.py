@@ -37,22 +37,16 @@ def insert_all(
 ) -> list[RecordedMaterialization]:
     """Inserts the materializations (all of `run_id`, with `inputs`) in multi-row statements;
     the rows come back in the order given."""
-    recorded: list[RecordedMaterialization] = []
-    shared = (run_id, inputs, now)
-    for values, params in sql.values_chunks(
-        "(%s, %s, %s, %s, %s, %s, %s)", [(*new, *shared) for new in news]
-    ):
-        ids = sql.inserted_ids(
-            "INSERT INTO materialization (asset_id, partition_key, artifacts, payload, run_id, inputs, "
-            f"create_time) VALUES {values}",
-            params,
-            len(params) // 7,
-            "id",
-        )
-        given = news[len(recorded) : len(recorded) + len(ids)]
-        make = RecordedMaterialization._make
-        recorded.extend(make((id_, *new, *shared)) for id_, new in zip(ids, given, strict=True))
-    return recorded
+    rows = [(*new, run_id, inputs, now) for new in news]
+    ids = sql.insert_all_ids(
+        "INSERT INTO materialization (asset_id, partition_key, artifacts, payload, run_id, inputs, create_time) "
+        "VALUES",
+        "(%s, %s, %s, %s, %s, %s, %s)",
+        rows,
+        "id",
+    )
+    make = RecordedMaterialization._make
+    return [make((id_, *row)) for id_, row in zip(ids, rows, strict=True)]
 
 
 def latest(asset_id: str, partition_key: str) -> Materialization | None:

@@ -70,19 +70,14 @@ def settle(
     status = "'FAILED'" if failed else _SETTLED_STATUS
     failure_time = "%s" if failed else "latest_failure_time"
     params: list[object] = [now] if failed else []
-    for start in range(0, len(partition_keys), KEY_CHUNK):
-        chunk = partition_keys[start : start + KEY_CHUNK]
+    for chunk in sql.chunks(partition_keys):
         sql.execute(
             f"UPDATE partition_state SET in_flight_run_id = NULL, status = {status}, "
             f"latest_failure_time = {failure_time}, update_time = %s "
-            f"WHERE asset_id IN ({placeholders}) AND partition_key IN ({', '.join(['%s'] * len(chunk))}) "
+            f"WHERE asset_id IN ({placeholders}) AND partition_key IN ({sql.placeholders(chunk)}) "
             "AND in_flight_run_id = %s",
             (*params, now, *asset_ids, *chunk, run_id),
         )
-
-
-# Keys per IN (...) list (SQLite's default limit is 32,766 parameters).
-KEY_CHUNK = 1000
 
 
 def record_materializations(
@@ -200,7 +195,7 @@ def rows_for_keys(asset_id: str, partition_keys: Sequence[str]) -> dict[str, Par
         return {}
     found = sql.select_models(
         PartitionState,
-        f"asset_id = %s AND partition_key IN ({', '.join(['%s'] * len(partition_keys))})",
+        f"asset_id = %s AND partition_key IN ({sql.placeholders(partition_keys)})",
         (asset_id, *partition_keys),
     )
     return {row.partition_key: row for row in found}
@@ -230,7 +225,7 @@ def dynamic_page(
     status_filter = ""
     params: list[object] = [asset_id, after_position]
     if statuses:
-        status_filter = f"AND COALESCE(s.status, 'MISSING') IN ({', '.join(['%s'] * len(statuses))})"
+        status_filter = f"AND COALESCE(s.status, 'MISSING') IN ({sql.placeholders(statuses)})"
         params.extend(statuses)
     params.append(limit)
     found = sql.rows(

@@ -61,4 +61,4 @@ def delete_runs(run_ids: Sequence[int]) -> None:
 
 def delete_by_id(table: str, ids: Sequence[int]) -> None:
     if ids:
-        sql.execute(f"DELETE FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})", ids)
+        sql.execute(f"DELETE FROM {table} WHERE id IN ({sql.placeholders(ids)})", ids)

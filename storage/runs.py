@@ -101,23 +101,19 @@ def claim_slices(workflow_slug: str, partition_keys: Sequence[str], run_id: int)
     in-flight run of the workflow holds one. The primary key decides, as for single keys; DO
     NOTHING keeps the PostgreSQL transaction usable after a conflict."""
     claimed = 0
-    for start in range(0, len(partition_keys), SLICE_CHUNK):
-        chunk = partition_keys[start : start + SLICE_CHUNK]
+    for values, params in sql.values_chunks(
+        "(%s, %s, %s)", [(workflow_slug, key, run_id) for key in partition_keys]
+    ):
         cursor = sql.execute(
-            "INSERT INTO run_slice (workflow_slug, partition_key, run_id) VALUES "
-            + ", ".join(["(%s, %s, %s)"] * len(chunk))
-            + " ON CONFLICT (workflow_slug, partition_key) DO NOTHING",
-            [value for key in chunk for value in (workflow_slug, key, run_id)],
+            f"INSERT INTO run_slice (workflow_slug, partition_key, run_id) VALUES {values} "
+            "ON CONFLICT (workflow_slug, partition_key) DO NOTHING",
+            params,
         )
         claimed += int(cursor.rowcount)
     if claimed == len(partition_keys):
         return True
     release_slices(run_id)
     return False
-
-
-# Rows per multi-row INSERT (3 parameters each, far below SQLite's 32,766 parameter limit).
-SLICE_CHUNK = 1000
 
 
 def release_slices(run_id: int) -> None:
@@ -127,13 +123,12 @@ def release_slices(run_id: int) -> None:
 def slice_holders(workflow_slug: str, partition_keys: Sequence[str]) -> list[int]:
     """Ids of the in-flight runs that hold any of the keys, oldest first."""
     holders: set[int] = set()
-    for start in range(0, len(partition_keys), SLICE_CHUNK):
-        chunk = partition_keys[start : start + SLICE_CHUNK]
+    for chunk in sql.chunks(partition_keys):
         holders.update(
             int(row[0])
             for row in sql.rows(
                 "SELECT DISTINCT run_id FROM run_slice WHERE workflow_slug = %s "
-                f"AND partition_key IN ({', '.join(['%s'] * len(chunk))})",
+                f"AND partition_key IN ({sql.placeholders(chunk)})",
                 (workflow_slug, *chunk),
             )
         )
@@ -257,11 +252,11 @@ def claim_next(
     ]
     params: list[Any] = [now]
     if workflow_slugs:
-        conditions.append(f"workflow_slug IN ({', '.join(['%s'] * len(workflow_slugs))})")
+        conditions.append(f"workflow_slug IN ({sql.placeholders(workflow_slugs)})")
         params.extend(workflow_slugs)
     full = [slug for slug, cap in capped_workflows.items() if running_count(slug) >= cap]
     if full:
-        conditions.append(f"workflow_slug NOT IN ({', '.join(['%s'] * len(full))})")
+        conditions.append(f"workflow_slug NOT IN ({sql.placeholders(full)})")
         params.extend(full)
     lock = " FOR UPDATE SKIP LOCKED" if sql.is_postgres() else ""
     return _one(
@@ -306,7 +301,7 @@ def finish(
             Run,
             f"UPDATE run SET state = %s, end_time = %s, update_time = %s, lease_expire_time = NULL, "
             f"next_attempt_time = NULL{error}{progress} "
-            f"WHERE id = %s AND state IN ({', '.join(['%s'] * len(from_states))})",
+            f"WHERE id = %s AND state IN ({sql.placeholders(from_states)})",
             (state, now, now, *([error_message] if error_message is not None else []), run_id, *from_states),
         )
     )

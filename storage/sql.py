@@ -10,6 +10,8 @@ import peewee as pw
 
 from storage.models import database_proxy
 
+T = TypeVar("T")
+
 
 def _database() -> pw.Database:
     db = database_proxy.obj
@@ -44,22 +46,45 @@ def values_chunks(
     around every row it steps, and under a busy event loop each re-take of the GIL can wait
     for the loop thread's switch interval, which made per-row executemany several times slower
     than the rows themselves."""
-    for start in range(0, len(param_rows), chunk):
-        part = param_rows[start : start + chunk]
+    for part in chunks(param_rows, chunk):
         yield ", ".join([row_template] * len(part)), list(chain.from_iterable(part))
 
 
-def inserted_ids(statement: str, params: Sequence[Any], count: int, id_column: str) -> list[int]:
-    """The ids of the `count` rows the multi-row INSERT `statement` writes, in VALUES order.
+# Values per IN (...) list or rows per chunked statement, far below every engine's bound on
+# parameters.
+IN_CHUNK = 500
+
+
+def placeholders(values: Sequence[Any]) -> str:
+    """`%s, %s, …`, one per value (an IN list)."""
+    return ", ".join(["%s"] * len(values))
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def insert_all_ids(
+    insert: str, row_template: str, param_rows: Sequence[Sequence[Any]], id_column: str
+) -> list[int]:
+    """Inserts the rows (`insert` is `INSERT INTO t (columns) VALUES`) in multi-row statements
+    and returns their ids in the order given.
 
     SQLite gives one statement's rows consecutive rowids (each the table's largest plus one,
     with one writer), so the last one names them all without a row-by-row RETURNING fetch (for
     tables without triggers, which would move it). PostgreSQL returns them: a statement takes
     its sequence values in VALUES order."""
-    if is_postgres():
-        return sorted(int(row[0]) for row in rows(f"{statement} RETURNING {id_column}", params))
-    last = int(execute(statement, params).lastrowid)
-    return list(range(last - count + 1, last + 1))
+    ids: list[int] = []
+    for values, params in values_chunks(row_template, param_rows):
+        statement = f"{insert} {values}"
+        if is_postgres():
+            ids += sorted(int(row[0]) for row in rows(f"{statement} RETURNING {id_column}", params))
+            continue
+        chunk_rows = min(len(param_rows) - len(ids), VALUES_CHUNK)
+        last = int(execute(statement, params).lastrowid)
+        ids += range(last - chunk_rows + 1, last + 1)
+    return ids
 
 
 def rows(query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from partita.v1 import asset_pb2, run_pb2
 from server.api import convert
@@ -56,8 +55,19 @@ MaterializationRow = Materialization | RecordedMaterialization
 
 
 def materialization_message(row: MaterializationRow) -> asset_pb2.Materialization:
-    message = asset_pb2.Materialization(**_identity(row))
-    _fill(message, row, convert.timestamp(row.create_time))
+    message = asset_pb2.Materialization(
+        id=str(row.id),
+        asset_id=row.asset_id,
+        partition_key=row.partition_key,
+        run_id=str(row.run_id) if row.run_id is not None else "",
+        create_time=convert.timestamp(row.create_time),
+    )
+    for item in _stored_json(row.artifacts, "[]"):
+        message.artifacts.append(json_format.ParseDict(item, asset_pb2.Artifact()))
+    for item in _stored_json(row.inputs, "[]"):
+        message.inputs.append(json_format.ParseDict(item, asset_pb2.MaterializationInput()))
+    if payload := _stored_json(row.payload, "{}"):
+        message.payload.update(payload)
     return message
 
 
@@ -79,33 +89,6 @@ def add_materializations(
         message.CopyFrom(template)
         message.id = str(row.id)
         message.partition_key = row.partition_key
-
-
-class _Identity(TypedDict):
-    id: str
-    asset_id: str
-    partition_key: str
-    run_id: str
-
-
-def _identity(row: MaterializationRow) -> _Identity:
-    return {
-        "id": str(row.id),
-        "asset_id": row.asset_id,
-        "partition_key": row.partition_key,
-        "run_id": str(row.run_id) if row.run_id is not None else "",
-    }
-
-
-def _fill(message: asset_pb2.Materialization, row: MaterializationRow, stamp: Timestamp | None) -> None:
-    if stamp is not None:
-        message.create_time.CopyFrom(stamp)
-    for item in _stored_json(row.artifacts, "[]"):
-        message.artifacts.append(json_format.ParseDict(item, asset_pb2.Artifact()))
-    for item in _stored_json(row.inputs, "[]"):
-        message.inputs.append(json_format.ParseDict(item, asset_pb2.MaterializationInput()))
-    if payload := _stored_json(row.payload, "{}"):
-        message.payload.update(payload)
 
 
 def _stored_json(text: str | None, empty: str) -> Any:

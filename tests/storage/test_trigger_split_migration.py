@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 
 import peewee
-from playhouse.migrations import Migration
 
 from storage import migrations
 from tests.storage.test_migrations import aggregates_agree, sql
@@ -21,8 +20,7 @@ INSERT = (
 
 
 def test_the_previous_version_upgrades_to_split_triggers(db: peewee.Database) -> None:
-    previous = max(m.idx for m in Migration.load_directory(str(migrations.DIRECTORY)) if m.idx < VERSION)
-    migrations.migrate(db, target=previous)
+    migrations.migrate(db, target=VERSION - 1)  # migrations are numbered without gaps
     with db.atomic():
         for ordinal in range(100):
             sql(db, INSERT, "a/out", f"k{ordinal}", ordinal, ordinal, STATUSES[ordinal % 4])
