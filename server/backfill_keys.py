@@ -84,7 +84,12 @@ def backfill_keys(
             raise InvalidArgument.for_field("--workflow", f"workflow {workflow_slug!r} is not partitioned")
         found = list(
             Run.select()
-            .where((Run.workflow_slug == workflow_slug) & (Run.partition_key == "") & (Run.id > after_id))
+            .where(
+                (Run.workflow_slug == workflow_slug)
+                & (Run.partition_key == "")
+                & (Run.range_keys == "")  # ranged runs have key '' too, but keys of their own
+                & (Run.id > after_id)
+            )
             .order_by(Run.id)
             .limit(batch_size)
         )

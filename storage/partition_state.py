@@ -111,7 +111,7 @@ def record_materializations(
 
 def rebuild_state() -> None:
     """Derives the whole table from runs and materializations (a run counts for the assets its
-    workflow produces now). The incremental updates above must always agree with it, up to
+    workflow produces now, a ranged run at every key it covers). The incremental updates above must always agree with it, up to
     `position` and `update_time`; a randomized test compares them."""
     _rebuild("", (), "0")
 
@@ -132,23 +132,46 @@ def rebuild_slice(asset_id: str, partition_key: str, where: SlicePosition) -> No
     )
 
 
+def _covering_runs(aggregate: str, condition: str = "") -> str:
+    """`aggregate` (over run `r`) of the runs of slice `s`'s workflow (asset `a`) that cover its
+    key: single-key runs of the key, and ranged runs whose key list holds it."""
+    return (
+        f"(SELECT MAX(found) FROM (SELECT {aggregate} AS found FROM run r "
+        "WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = s.partition_key "
+        f"AND r.range_keys = '' {condition} "
+        f"UNION ALL SELECT {aggregate} FROM run r "
+        "WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = '' AND r.range_keys <> '' "
+        f"{condition} AND EXISTS (SELECT 1 FROM {sql.json_elements('r.range_keys')} "
+        "WHERE element.value = s.partition_key)) AS covering)"
+    )
+
+
 def _rebuild(slice_filter: str, params: Sequence[object], position: str) -> None:
     delete_filter = slice_filter.replace("s.", "")
     sql.execute(f"DELETE FROM partition_state {delete_filter}", params)
+    # A key of a ranged run that failed only some keys failed only where the run recorded no
+    # materialization of it (its other keys succeeded).
+    failure_time = _covering_runs(
+        "MAX(r.end_time)",
+        "AND r.state = 'FAILED' AND NOT EXISTS (SELECT 1 FROM materialization m WHERE m.run_id = r.id "
+        "AND m.asset_id = s.asset_id AND m.partition_key = s.partition_key)",
+    )
+    in_flight_run = _covering_runs("MAX(r.id)", "AND r.state IN ('QUEUED', 'RUNNING')")
     sql.execute(
         "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
         "in_flight_run_id, latest_materialization_id, latest_materialization_time, latest_failure_time, "
         "update_time) "
         f"SELECT s.asset_id, s.partition_key, {position}, 'MISSING', "
-        "(SELECT MAX(r.id) FROM run r WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = s.partition_key), "
-        "(SELECT MAX(r.id) FROM run r WHERE r.workflow_slug = a.workflow_slug AND r.partition_key = s.partition_key "
-        "  AND r.state IN ('QUEUED', 'RUNNING')), "
+        f"{_covering_runs('MAX(r.id)')}, "
+        f"{in_flight_run}, "
         "(SELECT MAX(m.id) FROM materialization m WHERE m.asset_id = s.asset_id "
         "  AND m.partition_key = s.partition_key), "
         "NULL, "
-        "(SELECT MAX(r.end_time) FROM run r WHERE r.workflow_slug = a.workflow_slug "
-        "  AND r.partition_key = s.partition_key AND r.state = 'FAILED'), 0 "
+        f"{failure_time}, 0 "
         "FROM (SELECT a2.asset_id, r2.partition_key FROM run r2 JOIN asset a2 ON a2.workflow_slug = r2.workflow_slug "
+        "      WHERE r2.range_keys = '' "
+        "      UNION SELECT a3.asset_id, element.value FROM run r3 JOIN asset a3 ON a3.workflow_slug = r3.workflow_slug "
+        f"     CROSS JOIN {sql.json_elements('r3.range_keys')} WHERE r3.range_keys <> '' "
         "      UNION SELECT m2.asset_id, m2.partition_key FROM materialization m2) s "
         f"JOIN asset a ON a.asset_id = s.asset_id {slice_filter}",
         params,

@@ -55,6 +55,15 @@ def values_chunks(
 IN_CHUNK = 500
 
 
+def json_elements(json_list: str) -> str:
+    """A FROM item `element` whose rows' `value` are the strings of the JSON list `json_list`
+    (an SQL expression; '' reads as an empty list)."""
+    listed = f"COALESCE(NULLIF({json_list}, ''), '[]')"
+    if is_postgres():
+        return f"json_array_elements_text(CAST({listed} AS json)) AS element(value)"
+    return f"json_each({listed}) AS element"
+
+
 def placeholders(values: Sequence[Any]) -> str:
     """`%s, %s, …`, one per value (an IN list)."""
     return ", ".join(["%s"] * len(values))

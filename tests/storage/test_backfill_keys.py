@@ -8,7 +8,15 @@ from pathlib import Path
 
 import peewee
 
-from partita.v1 import asset_pb2, asset_pb2_grpc, partitions_pb2, workflow_pb2, workflow_pb2_grpc
+from partita.v1 import (
+    asset_pb2,
+    asset_pb2_grpc,
+    partitions_pb2,
+    run_pb2,
+    run_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from storage import migrations
 from storage.database import connect
 from tests.harness import start_server
@@ -71,10 +79,19 @@ def test_backfill_keys_on_an_upgraded_database(database_url: str, tmp_path: Path
                 workflow=workflow_pb2.Workflow(
                     slug="daily-sales",
                     produces=[workflow_pb2.AssetDeclaration(asset_id="daily-sales/out", partitioning=daily)],
+                    backfill_policy=workflow_pb2.BackfillPolicy(max_keys_per_run=7),
                 ),
                 allow_partitioning_change=True,
             )
         )
+        # A ranged run in flight over a key the script moves a materialization to, and the next.
+        ranged = server.stub(run_pb2_grpc.RunServiceStub).EnqueueRun(
+            run_pb2.EnqueueRunRequest(
+                workflow_slug="daily-sales",
+                partition_range=partitions_pb2.PartitionRange(start_key="2024-01-02", end_key="2024-01-03"),
+            )
+        )
+        assert ranged.run.id == "11"
     finally:
         assert server.stop() == 0
 
@@ -101,14 +118,21 @@ def test_backfill_keys_on_an_upgraded_database(database_url: str, tmp_path: Path
             (2, "2024-01-02"),
             (9, ""),
             (10, ""),
+            (11, ""),
         ]
         assert sql(db, "SELECT partition_key FROM materialization WHERE run_id = 2") == [("2024-01-02",)]
         states = sql(
             db,
-            "SELECT partition_key, status FROM partition_state WHERE asset_id = 'daily-sales/out' "
-            "ORDER BY partition_key",
+            "SELECT partition_key, status, latest_run_id, latest_materialization_id IS NOT NULL "
+            "FROM partition_state WHERE asset_id = 'daily-sales/out' ORDER BY partition_key",
         )
-    assert states == [("", "MISSING"), ("2024-01-01", "FAILED"), ("2024-01-02", "MATERIALIZED")]
+    # The ranged run still covers 2024-01-02 after the old materialization moved there.
+    assert [(key, status, run, bool(materialized)) for key, status, run, materialized in states] == [
+        ("", "MISSING", 10, False),
+        ("2024-01-01", "FAILED", 1, False),
+        ("2024-01-02", "IN_PROGRESS", 11, True),
+        ("2024-01-03", "IN_PROGRESS", 11, False),
+    ]
 
     again = backfill_keys(database_url)
     assert again.returncode == 0 and "moved 0 runs and 0 materializations" in again.stdout

@@ -1,4 +1,5 @@
-"""The per-partition state kept incrementally equals the one `rebuild_state()` derives from history."""
+"""The per-partition state kept incrementally equals the one `rebuild_state()` derives from history,
+with single-key runs and ranged runs (some of whose keys fail) side by side."""
 
 from __future__ import annotations
 
@@ -30,35 +31,73 @@ COLUMNS = (
 )
 
 
+def _register(workflows: workflow_pb2_grpc.WorkflowServiceStub, slug: str, keys_per_run: int) -> None:
+    workflows.RegisterWorkflow(
+        workflow_pb2.RegisterWorkflowRequest(
+            workflow=workflow_pb2.Workflow(
+                slug=slug,
+                produces=[
+                    workflow_pb2.AssetDeclaration(
+                        asset_id=f"{slug}/{name}",
+                        partitioning=partitions_pb2.PartitionsDefinition(
+                            static=partitions_pb2.StaticPartitions(keys=KEYS)
+                        ),
+                    )
+                    for name in ("a", "b")
+                ],
+                retry_policy=workflow_pb2.RetryPolicy(max_attempts=2),
+                backfill_policy=workflow_pb2.BackfillPolicy(max_keys_per_run=keys_per_run),
+            )
+        )
+    )
+
+
+def _complete_ranged(
+    workers: worker_pb2_grpc.WorkerServiceStub, claimed: worker_pb2.ClaimRunResponse, rng: random.Random
+) -> None:
+    """Completes a ranged run: every key succeeded, or some failed and the rest report one asset."""
+    covered = KEYS[
+        KEYS.index(claimed.run.partition_range.start_key) : KEYS.index(claimed.run.partition_range.end_key)
+        + 1
+    ]
+    request = worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id)
+    if rng.random() < 0.5:
+        request.all_keys_succeeded = True
+    else:
+        failed = rng.sample(covered, rng.randint(1, len(covered)))
+        request.failed_partition_keys.extend(failed)
+        request.assets.extend(
+            asset_pb2.ResultAsset(asset_id="rg/a", partition_key=key) for key in covered if key not in failed
+        )
+    workers.CompleteRun(request)
+
+
 def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
     rng = random.Random(20261126)
     workflows = server.stub(workflow_pb2_grpc.WorkflowServiceStub)
     runs = server.stub(run_pb2_grpc.RunServiceStub)
     workers = server.stub(worker_pb2_grpc.WorkerServiceStub)
     assets = server.stub(asset_pb2_grpc.AssetServiceStub)
-    workflows.RegisterWorkflow(
-        workflow_pb2.RegisterWorkflowRequest(
-            workflow=workflow_pb2.Workflow(
-                slug="wf",
-                produces=[
-                    workflow_pb2.AssetDeclaration(
-                        asset_id=asset_id,
-                        partitioning=partitions_pb2.PartitionsDefinition(
-                            static=partitions_pb2.StaticPartitions(keys=KEYS)
-                        ),
-                    )
-                    for asset_id in ("wf/a", "wf/b")
-                ],
-                retry_policy=workflow_pb2.RetryPolicy(max_attempts=2),
-            )
+    _register(workflows, "wf", 1)
+    _register(workflows, "rg", 3)
+    for _ in range(600):
+        action = rng.choice(
+            ["enqueue", "enqueue", "enqueue_range", "work", "work", "work", "cancel", "report"]
         )
-    )
-    for _ in range(400):
-        action = rng.choice(["enqueue", "enqueue", "work", "work", "cancel", "report"])
         key = rng.choice(KEYS)
-        if action == "enqueue":
+        if action.startswith("enqueue"):
+            first = rng.randrange(len(KEYS))
+            last = min(len(KEYS) - 1, first + rng.randrange(3))
+            request = (
+                run_pb2.EnqueueRunRequest(workflow_slug="wf", partition_key=key)
+                if action == "enqueue"
+                else run_pb2.EnqueueRunRequest(
+                    workflow_slug="rg",
+                    partition_range=partitions_pb2.PartitionRange(start_key=KEYS[first], end_key=KEYS[last]),
+                )
+            )
             try:
-                runs.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="wf", partition_key=key))
+                runs.EnqueueRun(request)
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.ALREADY_EXISTS
         elif action == "work":
@@ -66,6 +105,9 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
             if not claimed.HasField("run"):
                 continue
             outcome = rng.choice(["complete", "complete_a", "fail", "fail_final"])
+            if not claimed.run.partition_key and outcome.startswith("complete"):
+                _complete_ranged(workers, claimed, rng)
+                continue
             if outcome == "complete":
                 workers.CompleteRun(
                     worker_pb2.CompleteRunRequest(run_id=claimed.run.id, lease_id=claimed.lease_id)
@@ -75,7 +117,7 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
                     worker_pb2.CompleteRunRequest(
                         run_id=claimed.run.id,
                         lease_id=claimed.lease_id,
-                        assets=[asset_pb2.ResultAsset(asset_id="wf/a")],
+                        assets=[asset_pb2.ResultAsset(asset_id=f"{claimed.run.workflow_slug}/a")],
                     )
                 )
             else:
@@ -94,7 +136,9 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
             assets.ReportMaterializations(
                 asset_pb2.ReportMaterializationsRequest(
                     materializations=[
-                        asset_pb2.ResultAsset(asset_id=rng.choice(["wf/a", "wf/b"]), partition_key=key)
+                        asset_pb2.ResultAsset(
+                            asset_id=rng.choice(["wf/a", "wf/b", "rg/a", "rg/b"]), partition_key=key
+                        )
                     ]
                 )
             )
@@ -108,5 +152,6 @@ def test_incremental_state_matches_rebuild(server: RunningServer) -> None:
         partition_state.rebuild_state()
         rebuilt = sql.rows(f"SELECT {COLUMNS} FROM partition_state ORDER BY asset_id, partition_key")
         transaction.rollback()
-    assert len(incremental) > 4
+    assert {row[0] for row in incremental} == {"wf/a", "wf/b", "rg/a", "rg/b"}
+    assert any(row[0].startswith("rg/") and row[7] is not None for row in incremental)  # a failed key
     assert incremental == rebuilt
