@@ -433,7 +433,7 @@ async def _start_metrics(settings: Settings, store: Store, app: PartitaServer) -
     host, _ = parse_listen(settings.metrics_listen)
     try:
         metrics_server = await start_metrics_server(
-            settings.metrics_listen, store, app.metrics, app.context.clock
+            settings.metrics_listen, store, app.metrics, app.context.clock, app.context.events
         )
     except OSError as error:
         await app.stop(0)

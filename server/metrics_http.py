@@ -14,6 +14,9 @@ read snapshot, on a reader thread) and renders, with prometheus-client's text fo
 - `partita_backfills{workflow, state}` — backfills per state;
   `partita_backfill_partitions{workflow, state}` — keys of the unfinished backfills (RUNNING,
   CANCELING) per key state, i.e. their progress;
+- `partita_watch_streams` — open WatchRuns / WatchBackfill streams of this process;
+  `partita_watch_buffered_events` — events its log follower holds in memory for them (0 while
+  nobody watches: the follower then reads nothing);
 - `partita_database_up` — 0 when the last scrape could not read the database (the RPC
   metrics are still served), plus the process collector's `process_*` metrics.
 
@@ -44,6 +47,7 @@ from prometheus_client.registry import Collector
 from server.clock import Clock
 from server.logging import log_event
 from server.metrics import MetricsRegistry
+from server.streams import EventFollower
 from storage import sql
 from storage.models import micros
 from storage.store import Store
@@ -105,11 +109,14 @@ def read_gauges(now_us: int) -> DatabaseGauges:
 
 
 class PartitaCollector(Collector):  # type: ignore[misc]
-    """RPC histograms from the registry plus one scrape's database gauges."""
+    """RPC histograms from the registry, the watch streams, and one scrape's database gauges."""
 
-    def __init__(self, metrics: MetricsRegistry, gauges: DatabaseGauges | None) -> None:
+    def __init__(
+        self, metrics: MetricsRegistry, gauges: DatabaseGauges | None, events: EventFollower
+    ) -> None:
         self.metrics = metrics
         self.gauges = gauges
+        self.events = events
 
     def collect(self) -> Iterator[Metric]:
         rpc = HistogramMetricFamily(
@@ -122,6 +129,14 @@ class PartitaCollector(Collector):  # type: ignore[misc]
             buckets.append(("+Inf", float(stats.count)))
             rpc.add_metric((stats.method, stats.code), buckets, stats.sum_seconds)
         yield rpc
+        yield GaugeMetricFamily(
+            "partita_watch_streams", "Open watch streams of this process.", value=self.events.watchers
+        )
+        yield GaugeMetricFamily(
+            "partita_watch_buffered_events",
+            "Events the log follower holds in memory for the watch streams.",
+            value=self.events.buffered,
+        )
         up = GaugeMetricFamily("partita_database_up", "1 when this scrape could read the database.")
         up.add_metric((), 1.0 if self.gauges is not None else 0.0)
         yield up
@@ -184,9 +199,9 @@ def _bound(value: float) -> str:
     return repr(float(value)) if value != int(value) else f"{float(value):.1f}"
 
 
-def render(metrics: MetricsRegistry, gauges: DatabaseGauges | None) -> bytes:
+def render(metrics: MetricsRegistry, gauges: DatabaseGauges | None, events: EventFollower) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PartitaCollector(metrics, gauges))
+    registry.register(PartitaCollector(metrics, gauges, events))
     ProcessCollector(registry=registry)
     return bytes(generate_latest(registry))
 
@@ -194,10 +209,11 @@ def render(metrics: MetricsRegistry, gauges: DatabaseGauges | None) -> bytes:
 class MetricsServer:
     """Serves GET /metrics (and / with a pointer) until `close()`."""
 
-    def __init__(self, store: Store, metrics: MetricsRegistry, clock: Clock) -> None:
+    def __init__(self, store: Store, metrics: MetricsRegistry, clock: Clock, events: EventFollower) -> None:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self.events = events
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -224,7 +240,7 @@ class MetricsServer:
                 logger, "metrics scrape could not read the database", level=logging.WARNING, error=repr(error)
             )
             gauges = None
-        return render(self.metrics, gauges)
+        return render(self.metrics, gauges, self.events)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -267,10 +283,10 @@ async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, conte
 
 
 async def start_metrics_server(
-    address: str, store: Store, metrics: MetricsRegistry, clock: Clock
+    address: str, store: Store, metrics: MetricsRegistry, clock: Clock, events: EventFollower
 ) -> MetricsServer:
     """Binds HOST:PORT (port 0 picks one; `.port` says which) and serves until closed."""
     host, _, port = address.rpartition(":")
-    server = MetricsServer(store, metrics, clock)
+    server = MetricsServer(store, metrics, clock, events)
     await server.start(host, int(port))
     return server

@@ -2,10 +2,10 @@
 
 The event log is the only source of data (architecture: "Storage", "Many watchers"):
 
-- `EventFollower` reads `sequence > last seen` from the log, in batches, whenever it is woken —
-  by the store's commit listener after a local write, by `NOTIFY partita_events` from other
-  replicas on PostgreSQL (a dedicated psycopg connection), and by a slow poll as a safety net —
-  and appends the rows, already turned into `WatchRunsResponse` messages, to a bounded ring
+- `EventFollower` reads `sequence > last seen` from the log, in batches, whenever it is woken
+  while some stream watches — by the store's commit listener after a local write, by `NOTIFY
+  partita_events` from other replicas on PostgreSQL (a dedicated psycopg connection), and by a
+  slow poll as a safety net — and appends the rows, already turned into `WatchRunsResponse` messages, to a bounded ring
   buffer that holds every event in (`base`, `head`].
 - A subscription (`EventFollower.watch`) keeps a cursor: the log position it has fully
   scanned. While its cursor is older than the buffer's `base` (a replay, or a watcher that fell
@@ -136,24 +136,20 @@ class WatchSettings:
 
 
 class BufferedEvent:
-    """One log row as the buffer keeps it: what filters look at, and the message to send.
-
-    The message is built on the reader thread when someone watches, else only when a stream
-    first asks for it: with nobody watching, bulk writes (a ranged run's thousand
-    MATERIALIZED events) would pay for messages nobody reads."""
+    """One log row as the buffer keeps it: what filters look at, and the message to send (built
+    on the reader thread)."""
 
     __slots__ = (
-        "_response",
-        "_source",
         "backfill_id",
         "covered_keys",
         "partition_key",
+        "response",
         "run_id",
         "sequence",
         "workflow_slug",
     )
 
-    def __init__(self, row: RunEvent | Any, *, build: bool = True) -> None:
+    def __init__(self, row: RunEvent | Any) -> None:
         """From a RunEvent, or a row with its attribute names (`events.scan_events`)."""
         self.sequence: int = row.sequence
         self.workflow_slug: str = row.workflow_slug
@@ -162,19 +158,7 @@ class BufferedEvent:
         self.run_id: int | None = row.run_id
         # The keys of the ranged run the event is about (empty for other events).
         self.covered_keys: tuple[str, ...] = tuple(covered_keys(row.partition_key, row.data))
-        self._source: RunEvent | Any = row
-        self._response: run_pb2.WatchRunsResponse | None = None
-        if build:
-            self._build()
-
-    @property
-    def response(self) -> run_pb2.WatchRunsResponse:
-        return self._response if self._response is not None else self._build()
-
-    def _build(self) -> run_pb2.WatchRunsResponse:
-        self._response = run_pb2.WatchRunsResponse(event=event_message(self._source))
-        self._source = None
-        return self._response
+        self.response = run_pb2.WatchRunsResponse(event=event_message(row))
 
     def matches(self, event_filter: EventFilter) -> bool:
         return event_filter.matches(
@@ -267,10 +251,9 @@ def _read_page(after_sequence: int, event_filter: EventFilter, limit: int) -> _P
     return _Page([BufferedEvent(row) for row in scan.rows], scan.scanned, scan.oldest, scan.head)
 
 
-def _read_new(after_sequence: int, limit: int, build: bool) -> list[BufferedEvent]:
-    """On a reader thread: the next batch of the whole log for the follower (messages built
-    when `build`)."""
-    return [BufferedEvent(row, build=build) for row in events.event_rows_after(after_sequence, limit)]
+def _read_new(after_sequence: int, limit: int) -> list[BufferedEvent]:
+    """On a reader thread: the next batch of the whole log for the follower."""
+    return [BufferedEvent(row) for row in events.event_rows_after(after_sequence, limit)]
 
 
 # Ends a stream from outside its handler (the handler may be stuck sending): the servicer
@@ -319,7 +302,8 @@ class EventFollower:
     """The per-process reader of the event log and its ring buffer; serves every WatchRuns.
 
     Create it anywhere; `run(store, stopping)` (the `run_event_follower` background task) does
-    the reading. Streams opened before the follower started read the database until it has.
+    the reading, while anyone watches. Streams opened before the follower started (or while
+    nobody watched) read the database until it has.
     """
 
     def __init__(self, settings: WatchSettings | None = None) -> None:
@@ -349,7 +333,8 @@ class EventFollower:
 
     @property
     def base(self) -> int | None:
-        """The buffer holds every event after this sequence (None until the follower started)."""
+        """The buffer holds every event after this sequence (None while the follower is not
+        following: before it started, and while nobody watches)."""
         return self._base
 
     @property
@@ -357,12 +342,17 @@ class EventFollower:
         return len(self._subscriptions)
 
     @property
+    def buffered(self) -> int:
+        """Events held in memory (none while the follower is not following)."""
+        return 0 if self._base is None else min(self._count, self._capacity)
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
     def wake(self, head_sequence: int | None = None) -> None:
         """Something may have been appended to the log (up to `head_sequence`, when known)."""
-        if head_sequence is None or head_sequence > self._head:
+        if self._subscriptions and (head_sequence is None or head_sequence > self._head):
             self._wake.set()
 
     def attach(self, store: Store) -> None:
@@ -464,8 +454,7 @@ class EventFollower:
             asyncio.create_task(self._ticker(), name="watch-ticker"),
         ]
         try:
-            await self._start(store)
-            if not store.is_sqlite and not self._closed:
+            if not store.is_sqlite:
                 helpers.append(asyncio.create_task(self._listen(store.url), name="watch-listen"))
             failures = 0
             while not self._closed:
@@ -474,7 +463,13 @@ class EventFollower:
                 self._wake.clear()
                 if self._closed:
                     break
+                if not self._subscriptions:
+                    if self._base is not None:
+                        self._stop_following()
+                    continue
                 try:
+                    if self._base is None:
+                        await self._start(store)
                     await self._catch_up(store)
                     failures = 0
                     await asyncio.sleep(self.settings.read_gap)
@@ -491,6 +486,15 @@ class EventFollower:
     async def _close_when(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
         self.close()
+
+    def _stop_following(self) -> None:
+        """Nobody watches: forget the buffer and read nothing (on a busy server reading every
+        event cost several percent of the process) until a stream subscribes and wakes the
+        follower, which then starts again at the log's head. Streams read the database until
+        it has, as they do before the follower's first start."""
+        self._base = None
+        self._count = 0
+        self._ring = [None] * self._capacity
 
     async def _start(self, store: Store) -> None:
         failures = 0
@@ -509,9 +513,7 @@ class EventFollower:
     async def _catch_up(self, store: Store) -> None:
         limit = self.settings.batch_size
         while not self._closed:
-            batch = await store.read(
-                functools.partial(_read_new, self._head, limit, bool(self._subscriptions))
-            )
+            batch = await store.read(functools.partial(_read_new, self._head, limit))
             if batch:
                 self._append(batch)
                 self._notify_batch(batch)
@@ -585,6 +587,7 @@ class EventFollower:
             raise self._shutdown_error()
         subscription = _Subscription(interrupt, handed=after_sequence)
         self._subscriptions.add(subscription)
+        self._wake.set()  # the follower may be stopped (no one watched)
         bookmark_interval = self.settings.bookmark_interval
         limit = self.settings.batch_size
         last_sent = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -135,6 +136,45 @@ def test_metrics_exposition(metrics_server: tuple[RunningServer, str]) -> None:
     for name, samples in families.items():
         for labels, _, _ in samples:
             assert set(labels) <= ALLOWED_LABELS, (name, labels)  # never a partition key or run id
+
+
+def _watch_gauges(base: str) -> tuple[float, float]:
+    families = scrape(base)
+    return (
+        value(families, "partita_watch_streams", "partita_watch_streams"),
+        value(families, "partita_watch_buffered_events", "partita_watch_buffered_events"),
+    )
+
+
+def test_watch_gauges_and_no_buffering_while_nobody_watches(
+    metrics_server: tuple[RunningServer, str],
+) -> None:
+    running, base = metrics_server
+    running.stub(workflow_pb2_grpc.WorkflowServiceStub).RegisterWorkflow(
+        workflow_pb2.RegisterWorkflowRequest(workflow=workflow_pb2.Workflow(slug="nightly"))
+    )
+    runs = running.stub(run_pb2_grpc.RunServiceStub)
+    first = runs.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="nightly")).run
+    assert _watch_gauges(base) == (0, 0)  # the follower read nothing for nobody
+
+    stream = runs.WatchRuns(run_pb2.WatchRunsRequest(workflow_slug="nightly"))
+    try:
+        assert next(stream).event.run_id == first.id  # replayed from the database
+        runs.CancelRun(run_pb2.CancelRunRequest(run_id=first.id))
+        second = runs.EnqueueRun(run_pb2.EnqueueRunRequest(workflow_slug="nightly")).run
+        seen = [next(stream).event for _ in range(2)]
+        assert [(event.run_id, event.type) for event in seen] == [
+            (first.id, run_pb2.RUN_EVENT_TYPE_CANCELED),
+            (second.id, run_pb2.RUN_EVENT_TYPE_QUEUED),
+        ]
+        streams, buffered = _watch_gauges(base)
+        assert streams == 1 and buffered >= 2
+    finally:
+        stream.cancel()
+    deadline = time.monotonic() + 15
+    while _watch_gauges(base) != (0, 0):  # the follower lets go within its poll interval
+        assert time.monotonic() < deadline, _watch_gauges(base)
+        time.sleep(0.1)
 
 
 def test_other_paths(metrics_server: tuple[RunningServer, str]) -> None:
