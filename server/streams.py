@@ -74,6 +74,8 @@ ENV_PRUNE_BATCH = "PARTITA_EVENT_PRUNE_BATCH"  # rows deleted per transaction (1
 MAX_WATCH_PARTITION_KEYS = 1_000
 MAX_ID_DIGITS = 19
 
+# Seconds after close() before streams still stuck in a send are ended out of band.
+CLOSE_SEND_WAIT = 1.0
 SHUTDOWN_MESSAGE = "the server is shutting down; reconnect (to another replica) with the last sequence seen"
 STALL_MESSAGE = "the stream's client stopped reading; reconnect with the last sequence seen"
 
@@ -369,9 +371,15 @@ class EventFollower:
         self._closed = True
         self._wake.set()
         self._notify_all()
+        # A stream in the middle of a send notices the close once gRPC takes the message and
+        # ends itself; one whose client stopped reading never would, so those still sending a
+        # moment later are ended out of band. Not at once: ending a send that was about to
+        # complete out of band left gRPC waiting for its handler until the shutdown grace ran out.
+        asyncio.get_running_loop().call_later(CLOSE_SEND_WAIT, self._end_stuck_sends)
+
+    def _end_stuck_sends(self) -> None:
         for subscription in list(self._subscriptions):
             if subscription.sending_since:
-                # Stuck sending: it would not notice until its client reads.
                 subscription.interrupt_with(self._shutdown_error())
 
     def _shutdown_error(self) -> Unavailable:
