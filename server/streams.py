@@ -361,7 +361,7 @@ class EventFollower:
         """Wakes the follower after each local commit that wrote events (once per store)."""
         if self._attached is not store:
             self._attached = store
-            store.add_commit_listener(self.wake)
+            store.add_commit_listener(lambda commit: self.wake(commit.head_sequence))
 
     def close(self) -> None:
         """Ends every stream with UNAVAILABLE (they reconnect elsewhere) and stops the follower.

@@ -17,7 +17,7 @@ import collections
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee as pw
 
@@ -85,12 +85,21 @@ class MaterializedEvents:
     rows: Sequence[RecordedMaterialization]
 
 
+class Commit(NamedTuple):
+    """What one write appended to the log: its newest event's sequence, and whether any of its
+    events belongs to a backfill (only those can change what the backfill dispatcher may do)."""
+
+    head_sequence: int
+    touches_backfill: bool
+
+
 @dataclass
 class Outbox:
     """Events gathered during one write transaction, appended at its end."""
 
     events: list[NewEvent | MaterializedEvents] = field(default_factory=list)
-    sequences: list[int] = field(default_factory=list)
+    # Set by `flush` when it appended events.
+    committed: Commit | None = None
     # Work that must come last in the transaction, right before its events are appended (and
     # may add events): writes to rows many transactions share, such as a backfill's counters,
     # so that every transaction locks them at the same point (no lock-order deadlocks).
@@ -103,7 +112,9 @@ class Outbox:
         while self.before_flush:
             self.before_flush.pop(0)()
         if self.events:
-            self.sequences = append_events(db, self.events, now_micros)
+            sequences = append_events(db, self.events, now_micros)
+            touches_backfill = any(event.backfill_id is not None for event in self.events)
+            self.committed = Commit(max(sequences), touches_backfill)
             self.events = []
 
 

@@ -26,7 +26,7 @@ import peewee
 
 from storage import migrations
 from storage.database import connect, is_sqlite_url
-from storage.events import Outbox
+from storage.events import Commit, Outbox
 from storage.models import bind_models
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ class _PendingWrite:
     fn: Callable[[Outbox], Any]
     now_micros: int
     context: contextvars.Context
-    future: asyncio.Future[tuple[Any, list[int]]]
+    future: asyncio.Future[tuple[Any, Commit | None]]
     loop: asyncio.AbstractEventLoop
 
 
@@ -58,7 +58,7 @@ class Store:
         writers = write_threads if write_threads is not None else (1 if self.is_sqlite else 4)
         self._readers = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="db-read")
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="db-write")
-        self._listeners: list[Callable[[int], None]] = []
+        self._listeners: list[Callable[[Commit], None]] = []
         self._pending: deque[_PendingWrite] = deque()
         self._pending_lock = threading.Lock()
         self._draining = False
@@ -91,31 +91,31 @@ class Store:
         with self.transaction():
             return fn()
 
-    def run_write(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, list[int]]:
+    def run_write(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, Commit | None]:
         """Runs `fn` in one write transaction on the calling thread; the events it adds to
-        its outbox are appended last, in the same transaction. Returns the result and the
-        committed event sequences."""
+        its outbox are appended last, in the same transaction. Returns the result and what it
+        appended (None: no event)."""
         with self.transaction():
             outbox = Outbox()
             result = fn(outbox)
             outbox.flush(self.db, now_micros)
-        return result, outbox.sequences
+        return result, outbox.committed
 
     async def write(self, fn: Callable[[Outbox], T], now_micros: int) -> T:
         """Runs `fn` in one write transaction on a writer thread, then wakes the listeners
         of the events it committed."""
         if self.is_sqlite:
-            result, sequences = await self._write_in_group(fn, now_micros)
+            result, committed = await self._write_in_group(fn, now_micros)
         else:
-            result, sequences = await self._submit(
+            result, committed = await self._submit(
                 self._writers, functools.partial(self.run_write, fn, now_micros)
             )
-        if sequences:
+        if committed is not None:
             for listener in list(self._listeners):
-                listener(sequences[-1])
+                listener(committed)
         return result
 
-    async def _write_in_group(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, list[int]]:
+    async def _write_in_group(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, Commit | None]:
         loop = asyncio.get_running_loop()
         pending = _PendingWrite(fn, now_micros, contextvars.copy_context(), loop.create_future(), loop)
         with self._pending_lock:
@@ -124,7 +124,7 @@ class Store:
             self._draining = True
         if start:
             self._writers.submit(self._drain)
-        result: tuple[T, list[int]] = await pending.future
+        result: tuple[T, Commit | None] = await pending.future
         return result
 
     def _drain(self) -> None:
@@ -144,7 +144,7 @@ class Store:
                                 outbox = Outbox()
                                 result = pending.context.run(pending.fn, outbox)
                                 outbox.flush(self.db, pending.now_micros)
-                            outcomes.append((pending, (result, outbox.sequences), None))
+                            outcomes.append((pending, (result, outbox.committed), None))
                         except Exception as error:
                             outcomes.append((pending, None, error))
             except Exception as failure:  # the COMMIT itself failed: nothing of the group holds
@@ -154,8 +154,8 @@ class Store:
             for pending, value, problem in outcomes:
                 pending.loop.call_soon_threadsafe(_settle, pending.future, value, problem)
 
-    def add_commit_listener(self, listener: Callable[[int], None]) -> None:
-        """`listener(head_sequence)` runs on the event loop after each write that committed events."""
+    def add_commit_listener(self, listener: Callable[[Commit], None]) -> None:
+        """`listener(commit)` runs on the event loop after each write that committed events."""
         self._listeners.append(listener)
 
     async def read(self, fn: Callable[[], T]) -> T:

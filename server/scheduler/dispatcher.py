@@ -10,9 +10,10 @@ One process dispatches at a time (architecture, "Leadership"):
 
 A pass reads the running backfills with pending keys and room under their cap, and for each
 runs `dispatch_tx` (server/backfills.py) until it has no room or no pending key left. Passes
-run when something may have changed — after every local commit that wrote events (the store's
-commit listener: completions, failures, cancels, creations), on NOTIFY from other replicas —
-and on a slow safety-net poll. A deposed leader may finish one more pass: every write of it is
+run when something may have changed — after every local commit that wrote an event of a
+backfill (the store's commit listener: creations, cancels, retries, changes of its runs), on
+NOTIFY from other replicas — and on a slow safety-net poll (retry backoffs, overlaps with runs
+of no backfill). A deposed leader may finish one more pass: every write of it is
 conditional (keys `WHERE state = 'PENDING'`, the counters on the backfill still RUNNING with
 room), so it cannot dispatch a key twice or overfill a backfill.
 """
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 from server import backfills
 from server.logging import log_event
 from storage import backfills as store
-from storage.events import EVENTS_CHANNEL
+from storage.events import EVENTS_CHANNEL, Commit
 from storage.models import micros
 
 if TYPE_CHECKING:
@@ -90,8 +91,11 @@ class BackfillDispatcher:
         self.leader = context.store.is_sqlite
         self.passes = 0
 
-    def _woken(self, head_sequence: int | None = None) -> None:
-        self.wake.set()
+    def _woken(self, commit: Commit) -> None:
+        # Only a backfill's own events (its creation, cancel, retry, its runs' changes) can
+        # give it work to dispatch or room for it; what waits on time, the poll finds.
+        if commit.touches_backfill:
+            self.wake.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         self.context.store.add_commit_listener(self._woken)
