@@ -33,6 +33,9 @@ DEADLINE_MARGIN = 1.0
 # enqueue without waking this process.
 RECHECK_INTERVAL = 1.0
 MAX_WORKER_ID_LENGTH = 255
+# Materializations a CompleteRunResponse lists at most (its materialization_count says how many
+# were recorded): about 0.6 MB of messages.
+MAX_LISTED_MATERIALIZATIONS = 10_000
 
 
 def _duration(message: object, name: str) -> timedelta | None:
@@ -179,7 +182,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 outbox, self.context.catalog, definition, run, request, now, limits.max_artifacts_per_asset
             )
             response = worker_pb2.CompleteRunResponse()
-            add_materializations(response.materializations, recorded)
+            # Bounded: a whole-selection run records a million, far past any message size.
+            add_materializations(response.materializations, recorded[:MAX_LISTED_MATERIALIZATIONS])
+            response.materialization_count = len(recorded)
             requests.record_response(
                 "CompleteRun", replay_key, body_hash, response.SerializeToString(), now_us
             )

@@ -170,6 +170,7 @@ def test_ranged_runs_validate_dedupe_complete_and_show_under_each_key(
         "2024-01-03",
         "2024-01-05",
     ]
+    assert done.materialization_count == 3
     ended = run_stub.GetRun(run_pb2.GetRunRequest(run_id=first.id)).run
     assert ended.state == run_pb2.RUN_STATE_FAILED and "2 of 5 keys failed" in ended.error_message
     shown = statuses(asset_stub, "days/out")
@@ -335,6 +336,37 @@ def test_a_whole_selection_policy_runs_a_backfill_as_one_run(
         wait_for_state(backfill_stub, backfill.id, backfill_pb2.BACKFILL_STATE_COMPLETED).counts.succeeded
         == 250
     )
+
+
+def test_completing_a_run_of_more_than_10000_keys_lists_the_first_10000(
+    workflow_stub: workflow_pb2_grpc.WorkflowServiceStub,
+    run_stub: run_pb2_grpc.RunServiceStub,
+    worker_stub: worker_pb2_grpc.WorkerServiceStub,
+    asset_stub: asset_pb2_grpc.AssetServiceStub,
+) -> None:
+    """A whole-selection run records a materialization per key; listing a million of them would
+    overflow any message, after the run had already succeeded."""
+    hourly = partitions_pb2.PartitionsDefinition(
+        time_window=partitions_pb2.TimeWindowPartitions(
+            schedule_type=partitions_pb2.SCHEDULE_TYPE_HOURLY, start="2020-01-01"
+        )
+    )
+    register(workflow_stub, "hours", hourly, backfill_policy=ranged_policy(0))
+    last = "2021-03-01-01:00"  # hour 10,202 (2020 has 366 days)
+    run_stub.EnqueueRun(
+        run_pb2.EnqueueRunRequest(workflow_slug="hours", partition_range=span("2020-01-01-00:00", last))
+    )
+    leased = claim(worker_stub, "hours")
+    done = worker_stub.CompleteRun(
+        worker_pb2.CompleteRunRequest(run_id=leased.run.id, lease_id=leased.lease_id, all_keys_succeeded=True)
+    )
+    assert done.materialization_count == 10_202
+    assert len(done.materializations) == 10_000
+    assert done.materializations[0].partition_key == "2020-01-01-00:00"
+    newest = asset_stub.GetLatestMaterialization(
+        asset_pb2.GetLatestMaterializationRequest(asset_id="hours/out", partition_key=last)
+    )
+    assert newest.materialization.run_id == leased.run.id
 
 
 def test_overlapping_ranges_enqueued_at_once_start_one_run(

@@ -217,18 +217,24 @@ class CompleteRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MATERIALIZATIONS_FIELD_NUMBER: _builtins.int
+    MATERIALIZATION_COUNT_FIELD_NUMBER: _builtins.int
+    materialization_count: _builtins.int
+    """How many materializations were recorded."""
     @_builtins.property
     def materializations(self) -> _containers.RepeatedCompositeFieldContainer[_asset_pb2.Materialization]:
-        """The materializations recorded."""
+        """The materializations recorded: every one when they are at most 10,000; a ranged run that
+        recorded more lists its first 10,000 (ListPartitions and GetPartition show them all).
+        """
 
     def __init__(
         self,
         *,
         materializations: _abc.Iterable[_asset_pb2.Materialization] | None = ...,
+        materialization_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["materializations", b"materializations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["materialization_count", b"materialization_count", "materializations", b"materializations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
