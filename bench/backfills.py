@@ -98,7 +98,7 @@ async def run_backfill_to_completion(
         while not finished.is_set():
             claimed = await stub.ClaimRun(
                 worker_pb2.ClaimRunRequest(worker_id=f"bench-{index}", workflow_slugs=[slug], wait=wait),
-                timeout=5,
+                timeout=60,  # a claim waits behind whatever holds the writer (a huge run's dispatch)
             )
             if not claimed.HasField("run"):
                 continue

@@ -190,7 +190,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
             return response
 
-        return await self.context.store.write(complete, now_us)
+        # A ranged run's completion writes rows per key: a large unit, committed by itself.
+        large = bool(request.all_keys_succeeded or request.failed_partition_keys) or len(request.assets) > 100
+        return await self.context.store.write(complete, now_us, alone=large)
 
     async def FailRun(
         self, request: worker_pb2.FailRunRequest, context: grpc.aio.ServicerContext

@@ -39,8 +39,10 @@ logger = logging.getLogger("partita.dispatcher")
 
 # Session-level advisory lock key of the dispatcher's leadership ("partitad").
 DISPATCHER_LOCK = 0x7061727469746164
-# Keys one dispatch transaction moves at most.
+# Runs one dispatch transaction queues at most.
 DISPATCH_BATCH = 64
+# A dispatch with room for more keys than this (ranged runs) is a large unit, committed by itself.
+LARGE_DISPATCH_KEYS = 10_000
 POLL_INTERVAL = 2.0
 # Wake-ups closer together than this are served by one pass (a busy server commits far more
 # often than keys free up; the delay this adds to a dispatch is at most this long).
@@ -154,7 +156,7 @@ class BackfillDispatcher:
                 ),
                 micros(now),
             )
-        for backfill_id, _ in ready:
+        for backfill_id, free in ready:
             while stopping is None or not stopping.is_set():
                 now = context.clock.now()
                 try:
@@ -167,6 +169,7 @@ class BackfillDispatcher:
                             now=now,
                         ),
                         micros(now),
+                        alone=free > LARGE_DISPATCH_KEYS,
                     )
                 except backfills.DispatchConflict:
                     break
