@@ -126,7 +126,7 @@ def backfill_keys(
 
 def _count_materializations(run_id: int, definition: WorkflowDefinition) -> int:
     assets = sorted(definition.partitioned_asset_ids)
-    placeholders = ", ".join(["%s"] * len(assets))
+    placeholders = sql.placeholders(assets)
     return int(
         sql.scalar(
             f"SELECT COUNT(*) FROM materialization WHERE run_id = %s AND partition_key = '' "
@@ -142,7 +142,7 @@ def _move_run(run: Run, key: str, definition: WorkflowDefinition) -> None:
         sql.execute("UPDATE run SET dedupe_slot = id WHERE id = %s", (run.id,))
     sql.execute("UPDATE run SET partition_key = %s WHERE id = %s", (key, run.id))
     assets = sorted(definition.partitioned_asset_ids)
-    placeholders = ", ".join(["%s"] * len(assets))
+    placeholders = sql.placeholders(assets)
     sql.execute(
         f"UPDATE materialization SET partition_key = %s WHERE run_id = %s AND partition_key = '' "
         f"AND asset_id IN ({placeholders})",

@@ -5,8 +5,8 @@ The event log is the only source of data (architecture: "Storage", "Many watcher
 - `EventFollower` reads `sequence > last seen` from the log, in batches, whenever it is woken
   while some stream watches — by the store's commit listener after a local write, by `NOTIFY
   partita_events` from other replicas on PostgreSQL (a dedicated psycopg connection), and by a
-  slow poll as a safety net — and appends the rows, already turned into `WatchRunsResponse` messages, to a bounded ring
-  buffer that holds every event in (`base`, `head`].
+  slow poll as a safety net — and appends the rows, already turned into `WatchRunsResponse`
+  messages, to a bounded ring buffer that holds every event in (`base`, `head`].
 - A subscription (`EventFollower.watch`) keeps a cursor: the log position it has fully
   scanned. While its cursor is older than the buffer's `base` (a replay, or a watcher that fell
   behind while its client was slow) it reads the database in batches, filtered in SQL;

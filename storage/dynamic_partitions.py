@@ -54,7 +54,7 @@ def revive_or_add(asset_id: str, partition_keys: Sequence[str], now_micros: int)
     if fresh:
         # A key compacted away by retention and added again gets a new registry position; its
         # surviving history must sit there too.
-        placeholders = ", ".join(["%s"] * len(fresh))
+        placeholders = sql.placeholders(fresh)
         sql.execute(
             "UPDATE partition_state SET position = (SELECT d.id FROM dynamic_partition d "
             "WHERE d.asset_id = partition_state.asset_id AND d.partition_key = partition_state.partition_key) "

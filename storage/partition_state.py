@@ -66,7 +66,7 @@ def settle(
     """The keys' in-flight run ended without a materialization of them (failed or canceled)."""
     if not asset_ids or not partition_keys:
         return
-    placeholders = ", ".join(["%s"] * len(asset_ids))
+    placeholders = sql.placeholders(asset_ids)
     status = "'FAILED'" if failed else _SETTLED_STATUS
     failure_time = "%s" if failed else "latest_failure_time"
     params: list[object] = [now] if failed else []
@@ -111,8 +111,9 @@ def record_materializations(
 
 def rebuild_state() -> None:
     """Derives the whole table from runs and materializations (a run counts for the assets its
-    workflow produces now, a ranged run at every key it covers). The incremental updates above must always agree with it, up to
-    `position` and `update_time`; a randomized test compares them."""
+    workflow produces now, a ranged run at every key it covers). The incremental updates above
+    must always agree with it, up to `position` and `update_time`; a randomized test compares
+    them."""
     _rebuild("", (), "0")
 
 
@@ -156,21 +157,22 @@ def _rebuild(slice_filter: str, params: Sequence[object], position: str) -> None
         "AND r.state = 'FAILED' AND NOT EXISTS (SELECT 1 FROM materialization m WHERE m.run_id = r.id "
         "AND m.asset_id = s.asset_id AND m.partition_key = s.partition_key)",
     )
+    latest_run = _covering_runs("MAX(r.id)")
     in_flight_run = _covering_runs("MAX(r.id)", "AND r.state IN ('QUEUED', 'RUNNING')")
     sql.execute(
         "INSERT INTO partition_state (asset_id, partition_key, position, status, latest_run_id, "
         "in_flight_run_id, latest_materialization_id, latest_materialization_time, latest_failure_time, "
         "update_time) "
         f"SELECT s.asset_id, s.partition_key, {position}, 'MISSING', "
-        f"{_covering_runs('MAX(r.id)')}, "
-        f"{in_flight_run}, "
+        f"{latest_run}, {in_flight_run}, "
         "(SELECT MAX(m.id) FROM materialization m WHERE m.asset_id = s.asset_id "
         "  AND m.partition_key = s.partition_key), "
         "NULL, "
         f"{failure_time}, 0 "
-        "FROM (SELECT a2.asset_id, r2.partition_key FROM run r2 JOIN asset a2 ON a2.workflow_slug = r2.workflow_slug "
-        "      WHERE r2.range_keys = '' "
-        "      UNION SELECT a3.asset_id, element.value FROM run r3 JOIN asset a3 ON a3.workflow_slug = r3.workflow_slug "
+        "FROM (SELECT a2.asset_id, r2.partition_key FROM run r2 "
+        "      JOIN asset a2 ON a2.workflow_slug = r2.workflow_slug WHERE r2.range_keys = '' "
+        "      UNION SELECT a3.asset_id, element.value FROM run r3 "
+        "      JOIN asset a3 ON a3.workflow_slug = r3.workflow_slug "
         f"     CROSS JOIN {sql.json_elements('r3.range_keys')} WHERE r3.range_keys <> '' "
         "      UNION SELECT m2.asset_id, m2.partition_key FROM materialization m2) s "
         f"JOIN asset a ON a.asset_id = s.asset_id {slice_filter}",

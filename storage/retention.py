@@ -28,7 +28,7 @@ def expired_materializations(asset_ids: Sequence[str], older_than: int, limit: i
     """Materializations of the assets created before `older_than` that no slice has as its latest."""
     if not asset_ids:
         return []
-    placeholders = ", ".join(["%s"] * len(asset_ids))
+    placeholders = sql.placeholders(asset_ids)
     found = sql.rows(
         f"SELECT id FROM materialization WHERE asset_id IN ({placeholders}) AND create_time < %s "
         "AND id NOT IN (SELECT latest_materialization_id FROM partition_state "
@@ -41,7 +41,7 @@ def expired_materializations(asset_ids: Sequence[str], older_than: int, limit: i
 def old_tombstones(asset_ids: Sequence[str], deleted_before: int, limit: int) -> list[int]:
     if not asset_ids:
         return []
-    placeholders = ", ".join(["%s"] * len(asset_ids))
+    placeholders = sql.placeholders(asset_ids)
     found = sql.rows(
         f"SELECT id FROM dynamic_partition WHERE asset_id IN ({placeholders}) AND delete_time IS NOT NULL "
         "AND delete_time < %s ORDER BY id LIMIT %s",
@@ -53,7 +53,7 @@ def old_tombstones(asset_ids: Sequence[str], deleted_before: int, limit: int) ->
 def delete_runs(run_ids: Sequence[int]) -> None:
     if not run_ids:
         return
-    placeholders = ", ".join(["%s"] * len(run_ids))
+    placeholders = sql.placeholders(run_ids)
     sql.execute(f"DELETE FROM run_input WHERE run_id IN ({placeholders})", run_ids)
     sql.execute(f"DELETE FROM run_lineage WHERE run_id IN ({placeholders})", run_ids)
     sql.execute(f"DELETE FROM run WHERE id IN ({placeholders})", run_ids)

@@ -101,9 +101,13 @@ class Store:
         its outbox are appended last, in the same transaction. Returns the result and what it
         appended (None: no event)."""
         with self.transaction():
-            outbox = Outbox()
-            result = fn(outbox)
-            outbox.flush(self.db, now_micros)
+            return self._unit(fn, now_micros)
+
+    def _unit(self, fn: Callable[[Outbox], T], now_micros: int) -> tuple[T, Commit | None]:
+        """`fn` with an outbox whose events are appended after it, in the caller's transaction."""
+        outbox = Outbox()
+        result = fn(outbox)
+        outbox.flush(self.db, now_micros)
         return result, outbox.committed
 
     async def write(self, fn: Callable[[Outbox], T], now_micros: int, *, alone: bool = False) -> T:
@@ -175,10 +179,7 @@ class Store:
         return group
 
     def _run_unit(self, pending: _PendingWrite) -> tuple[Any, Commit | None]:
-        outbox = Outbox()
-        result = pending.context.run(pending.fn, outbox)
-        outbox.flush(self.db, pending.now_micros)
-        return result, outbox.committed
+        return pending.context.run(self._unit, pending.fn, pending.now_micros)
 
     def add_commit_listener(self, listener: Callable[[Commit], None]) -> None:
         """`listener(commit)` runs on the event loop after each write that committed events."""

@@ -83,7 +83,7 @@ STATUS_VALUES = {status: asset_pb2.PartitionStatus.Value(f"PARTITION_STATUS_{sta
 
 
 def _id_in(ids: list[int]) -> str:
-    return f"id IN ({', '.join(['%s'] * len(ids))})"
+    return f"id IN ({sql.placeholders(ids)})"
 
 
 def summaries(

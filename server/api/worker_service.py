@@ -36,6 +36,9 @@ MAX_WORKER_ID_LENGTH = 255
 # Materializations a CompleteRunResponse lists at most (its materialization_count says how many
 # were recorded): about 0.6 MB of messages.
 MAX_LISTED_MATERIALIZATIONS = 10_000
+# A CompleteRun reporting more assets than this (or a ranged run's key outcomes) is a large
+# write, committed by itself (storage/store.py).
+LARGE_REPORT = 100
 
 
 def _duration(message: object, name: str) -> timedelta | None:
@@ -190,8 +193,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
             return response
 
-        # A ranged run's completion writes rows per key: a large unit, committed by itself.
-        large = bool(request.all_keys_succeeded or request.failed_partition_keys) or len(request.assets) > 100
+        large = (
+            bool(request.all_keys_succeeded or request.failed_partition_keys)
+            or len(request.assets) > LARGE_REPORT
+        )
         return await self.context.store.write(complete, now_us, alone=large)
 
     async def FailRun(
